@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PGPORT ?= 5432
+
+.PHONY: install demo test test-fast services bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/spillover demo
+
+# Everything the tests talk to over real sockets: PostgreSQL on 127.0.0.1:$(PGPORT).
+services:
+	@bash .ci/services
+
+test: $(STAMP) services
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m simulations.bench_placement --jobs 1000 --targets 10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info spillover-demo.db* .spillover

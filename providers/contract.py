@@ -1,0 +1,160 @@
+"""The provider contract: how the control loop sees and changes a member cluster, and what it may rely on.
+
+A member cluster is two things: a Kubernetes API where jobs run, and (for a cloud cluster) a node-pool API
+that grows and shrinks GPU node pools. Every provider — simulated, Kubernetes, EKS, GKE, AKS — implements
+`ClusterProvider` and keeps these guarantees:
+
+* **Passive observation.** `observe()` changes nothing in the cluster. It returns one `ClusterState`,
+  a snapshot that is eventually consistent: a dispatch or scale request may take several observations to
+  show, but once a job or node shows it does not vanish unless it really finished, was removed or failed.
+* **Idempotence under a request id.** `dispatch`, `cancel` and `scale_pool` may be retried with the same
+  arguments any number of times (after a timeout, or after the scheduler restarts mid-action) without a
+  second effect: a job id is dispatched at most once per cluster (a second dispatch of a job the cluster
+  already knows is adoption, not an error), cancelling a job that is gone succeeds, and `scale_pool` sets a
+  desired size rather than adding to it.
+* **Classified errors.** Synchronous failures raise `ProviderError` with an `ErrorKind`; asynchronous ones
+  (a node that failed to launch, a stockout found while provisioning) are returned once by `poll_errors()`.
+  The loop decides what to do from the kind alone: back off a throttled call, retry a transient one, cool
+  off a pool that stocked out or hit its quota, mark a cluster unusable on an auth error.
+* **No secrets in errors.** Messages never carry tokens, keys or signed URLs.
+* **Prices are data.** Providers never quote prices; offers come from the price catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+from scheduler.model import JobSpec
+
+
+class ErrorKind(str, Enum):
+    STOCKOUT = "stockout"  # the cloud has no capacity of that instance type there now
+    QUOTA = "quota"  # an account or project limit stops the request
+    THROTTLED = "throttled"  # rate limited: retry later with backoff
+    AUTH = "auth"  # credentials missing or lacking a permission
+    UNREACHABLE = "unreachable"  # the API did not answer
+    INVALID = "invalid"  # the request was rejected as malformed; retrying will not help
+    TRANSIENT = "transient"  # a 5xx or similar; retrying may help
+
+
+class ProviderError(Exception):
+    """A classified failure of a provider call or of an asynchronous cluster operation."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, cluster: str = "", pool: str | None = None,
+                 at: float | None = None, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.cluster = cluster
+        self.pool = pool
+        self.at = at
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        where = f"{self.cluster}/{self.pool}" if self.pool else self.cluster
+        return f"{self.kind.value} on {where}: {self.message}" if where else f"{self.kind.value}: {self.message}"
+
+
+class JobPhase(str, Enum):
+    PENDING = "pending"  # accepted by the cluster, not running yet (waiting for a node or for capacity)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    gpu_type: str
+    gpus: int
+    cpu: float
+    memory_gib: float
+    free_gpus: int
+    free_cpu: float
+    free_memory_gib: float
+    ready: bool = True
+    pool: str | None = None  # node pool name for cloud nodes
+    ready_at: float | None = None  # for a provisioning node: when it is expected to be ready
+    jobs: int = 0  # Spillover jobs running on it
+
+
+@dataclass(frozen=True)
+class PoolState:
+    name: str
+    instance_type: str
+    gpu_type: str
+    gpus_per_node: int
+    desired_nodes: int  # the size last asked for
+    nodes: int  # nodes that exist, ready or provisioning
+    ready_nodes: int
+    min_nodes: int
+    max_nodes: int
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    phase: JobPhase
+    nodes: tuple[str, ...] = ()
+    pool: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """One observation of a cluster."""
+
+    cluster: str
+    observed_at: float
+    nodes: tuple[NodeInfo, ...] = ()
+    pools: tuple[PoolState, ...] = ()
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+
+    def pool(self, name: str) -> PoolState | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    job_id: str  # also the deterministic name of the workload in the cluster
+    request_id: str  # idempotency key of the intended action
+    spec: JobSpec
+    pool: str | None = None  # cloud pool whose nodes the job must run on
+    node_hints: tuple[str, ...] = ()  # the solver's binding; a provider may ignore it
+
+
+@runtime_checkable
+class ClusterProvider(Protocol):
+    """One member cluster, as the control loop sees it. See the module docstring for the guarantees."""
+
+    name: str
+
+    def observe(self) -> ClusterState:
+        """Return the cluster's nodes, pools and Spillover jobs. Raises ProviderError(UNREACHABLE, ...)
+        when the cluster cannot be observed."""
+        ...
+
+    def dispatch(self, request: DispatchRequest) -> None:
+        """Create the job in the cluster. A job id the cluster already knows is adopted, not duplicated."""
+        ...
+
+    def cancel(self, job_id: str, request_id: str) -> None:
+        """Stop and remove the job. Succeeds if the job is already gone."""
+        ...
+
+    def job_status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or None if the cluster does not know it."""
+        ...
+
+    def scale_pool(self, pool: str, desired_nodes: int, request_id: str) -> None:
+        """Set the desired size of a node pool (clamped by nobody: the caller keeps min <= n <= max).
+        On-prem clusters have no pools and raise ProviderError(INVALID, ...)."""
+        ...
+
+    def poll_errors(self) -> list[ProviderError]:
+        """Asynchronous errors since the last call, each returned once."""
+        ...

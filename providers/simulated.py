@@ -1,0 +1,351 @@
+"""A simulated member cluster that honours the provider contract: nodes, jobs that run for their duration,
+node pools that take their provisioning delay to grow, and injectable faults.
+
+Time comes from the injected clock; the cluster advances lazily, event by event, whenever it is called, so a
+job starts exactly when a node becomes ready or capacity frees, not when the scheduler next looks. With a
+`state_path` the cluster's state lives in a JSON file (written atomically after every change), so it
+outlives a scheduler process that is killed — the crash tests rely on this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from providers.contract import (
+    ClusterState,
+    DispatchRequest,
+    ErrorKind,
+    JobPhase,
+    JobStatus,
+    NodeInfo,
+    PoolState,
+    ProviderError,
+)
+from scheduler.model import JobSpec
+
+EPS = 1e-9
+
+
+class _Clock(Protocol):
+    def now(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class SimNodeGroup:
+    count: int
+    gpus_per_node: int
+    gpu_type: str
+    cpu_per_node: float
+    memory_gib_per_node: float
+
+
+@dataclass(frozen=True)
+class SimPool:
+    name: str
+    instance_type: str
+    gpu_type: str
+    gpus_per_node: int
+    cpu_per_node: float
+    memory_gib_per_node: float
+    min_nodes: int
+    max_nodes: int
+    provisioning_delay_s: float
+
+
+@dataclass
+class _Node:
+    name: str
+    gpu_type: str
+    gpus: int
+    cpu: float
+    memory_gib: float
+    ready_at: float
+    pool: str | None = None
+    used: dict[str, list[float]] = field(default_factory=dict)  # job id -> [gpus, cpu, memory]
+
+    def free(self) -> tuple[float, float, float]:
+        g = self.gpus - sum(u[0] for u in self.used.values())
+        c = self.cpu - sum(u[1] for u in self.used.values())
+        m = self.memory_gib - sum(u[2] for u in self.used.values())
+        return g, c, m
+
+
+@dataclass
+class _Job:
+    job_id: str
+    spec: dict
+    pool: str | None
+    hints: list[str]
+    dispatched_at: float
+    phase: str = JobPhase.PENDING.value
+    nodes: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    finish_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+
+
+RuntimeFn = Callable[[str, JobSpec, str], float]  # (job id, spec, gpu type) -> seconds
+
+
+class SimulatedCluster:
+    """An on-prem cluster (fixed node groups) or a cloud cluster (node pools), simulated."""
+
+    def __init__(
+        self,
+        name: str,
+        clock: _Clock,
+        *,
+        node_groups: tuple[SimNodeGroup, ...] = (),
+        pools: tuple[SimPool, ...] = (),
+        runtime: RuntimeFn | None = None,
+        state_path: Path | None = None,
+        retention_s: float = 6 * 3600.0,
+    ) -> None:
+        self.name = name
+        self._clock = clock
+        self._pools = {p.name: p for p in pools}
+        self._runtime = runtime or (lambda _id, spec, _gpu: spec.estimated_runtime_s)
+        self._state_path = Path(state_path) if state_path else None
+        self._retention_s = retention_s
+        self._pending_errors: list[ProviderError] = []
+        self.unreachable = False
+        self.fail_next: dict[str, ProviderError] = {}  # call name -> error raised by the next such call
+        # what was created, in order: lets tests prove that no job ever ran twice
+        self.created: list[str] = []
+        self._specs: dict[str, JobSpec] = {}
+        if self._state_path and self._state_path.exists():
+            self._load()
+            return
+        self._t = clock.now()
+        self._nodes: dict[str, _Node] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._desired: dict[str, int] = {p.name: p.min_nodes for p in pools}
+        self._seq = 0
+        i = 0
+        for g in node_groups:
+            for _ in range(g.count):
+                n = _Node(f"{name}-n{i:03d}", g.gpu_type, g.gpus_per_node, g.cpu_per_node,
+                          g.memory_gib_per_node, ready_at=self._t)
+                self._nodes[n.name] = n
+                i += 1
+        for p in pools:
+            for _ in range(p.min_nodes):
+                self._add_node(p, ready_at=self._t)
+        self._save()
+
+    # ---- the contract -------------------------------------------------------------------------
+
+    def observe(self) -> ClusterState:
+        self._check("observe")
+        self._advance(self._clock.now())
+        nodes = tuple(self._node_info(n) for n in self._nodes.values())
+        pools = tuple(self._pool_state(p) for p in self._pools.values())
+        jobs = {j.job_id: self._status(j) for j in self._jobs.values()}
+        self._save()
+        return ClusterState(cluster=self.name, observed_at=self._t, nodes=nodes, pools=pools, jobs=jobs)
+
+    def dispatch(self, request: DispatchRequest) -> None:
+        self._check("dispatch")
+        self._advance(self._clock.now())
+        if request.job_id in self._jobs:
+            return  # adoption: the cluster already has it
+        if request.pool is not None and request.pool not in self._pools:
+            raise ProviderError(ErrorKind.INVALID, f"no node pool {request.pool!r}", cluster=self.name)
+        self._jobs[request.job_id] = _Job(
+            job_id=request.job_id, spec=request.spec.model_dump(), pool=request.pool,
+            hints=list(request.node_hints), dispatched_at=self._t,
+        )
+        self.created.append(request.job_id)
+        self._start_pending(self._t)
+        self._save()
+
+    def cancel(self, job_id: str, request_id: str) -> None:
+        self._check("cancel")
+        self._advance(self._clock.now())
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._release(job)
+            self._start_pending(self._t)
+        self._save()
+
+    def job_status(self, job_id: str) -> JobStatus | None:
+        self._check("job_status")
+        self._advance(self._clock.now())
+        job = self._jobs.get(job_id)
+        return self._status(job) if job else None
+
+    def scale_pool(self, pool: str, desired_nodes: int, request_id: str) -> None:
+        self._check("scale_pool")
+        self._advance(self._clock.now())
+        p = self._pools.get(pool)
+        if p is None:
+            raise ProviderError(ErrorKind.INVALID, f"no node pool {pool!r}", cluster=self.name, pool=pool)
+        if not p.min_nodes <= desired_nodes <= p.max_nodes:
+            raise ProviderError(ErrorKind.INVALID, f"size {desired_nodes} outside [{p.min_nodes}, {p.max_nodes}]",
+                                cluster=self.name, pool=pool)
+        self._desired[pool] = desired_nodes
+        self._reconcile_pool(p)
+        self._save()
+
+    def poll_errors(self) -> list[ProviderError]:
+        errors, self._pending_errors = self._pending_errors, []
+        return errors
+
+    # ---- what the simulator and tests may ask --------------------------------------------------
+
+    def next_event_at(self) -> float | None:
+        """When something will next change on its own (a node ready, a job ending), if anything will."""
+        times = [n.ready_at for n in self._nodes.values() if n.ready_at > self._t + EPS]
+        times += [j.finish_at for j in self._jobs.values() if j.finish_at is not None and j.finished_at is None]
+        return min(times) if times else None
+
+    def inject_async_error(self, error: ProviderError) -> None:
+        self._pending_errors.append(error)
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _check(self, call: str) -> None:
+        if self.unreachable:
+            raise ProviderError(ErrorKind.UNREACHABLE, "the cluster API does not answer", cluster=self.name)
+        err = self.fail_next.pop(call, None)
+        if err is not None:
+            raise err
+
+    def _add_node(self, p: SimPool, ready_at: float) -> None:
+        self._seq += 1
+        n = _Node(f"{self.name}-{p.name}-{self._seq:04d}", p.gpu_type, p.gpus_per_node, p.cpu_per_node,
+                  p.memory_gib_per_node, ready_at=ready_at, pool=p.name)
+        self._nodes[n.name] = n
+
+    def _reconcile_pool(self, p: SimPool) -> None:
+        mine = [n for n in self._nodes.values() if n.pool == p.name]
+        want = self._desired[p.name]
+        for _ in range(want - len(mine)):
+            self._add_node(p, ready_at=self._t + p.provisioning_delay_s)
+        if len(mine) > want:
+            # Shrink like a cloud autoscaler asked to remove nodes: never a node with work on it;
+            # nodes still booting go first, then the newest idle ones.
+            idle = [n for n in mine if not n.used and not self._bound_pending(n.name)]
+            idle.sort(key=lambda n: (n.ready_at <= self._t, -n.ready_at))
+            for n in idle[: len(mine) - want]:
+                del self._nodes[n.name]
+
+    def _bound_pending(self, node: str) -> bool:
+        return any(node in j.hints for j in self._jobs.values() if j.phase == JobPhase.PENDING.value)
+
+    def _advance(self, now: float) -> None:
+        while True:
+            nxt = self.next_event_at()
+            if nxt is None or nxt > now + EPS:
+                break
+            self._t = max(self._t, nxt)
+            for j in self._jobs.values():
+                if j.finish_at is not None and j.finished_at is None and j.finish_at <= self._t + EPS:
+                    j.finished_at = j.finish_at
+                    j.phase = JobPhase.SUCCEEDED.value
+                    self._release(j)
+            self._start_pending(self._t)
+        self._t = max(self._t, now)
+        for p in self._pools.values():
+            self._reconcile_pool(p)
+        self._start_pending(self._t)
+        cutoff = self._t - self._retention_s
+        for jid in [j.job_id for j in self._jobs.values() if j.finished_at is not None and j.finished_at < cutoff]:
+            del self._jobs[jid]
+
+    def _release(self, job: _Job) -> None:
+        for name in job.nodes:
+            node = self._nodes.get(name)
+            if node is not None:
+                node.used.pop(job.job_id, None)
+
+    def _start_pending(self, t: float) -> None:
+        for job in sorted((j for j in self._jobs.values() if j.phase == JobPhase.PENDING.value),
+                          key=lambda j: j.dispatched_at):
+            spec = self._spec(job)
+            chosen = self._fit(job, spec, t)
+            if chosen is None:
+                continue
+            for n in chosen:
+                n.used[job.job_id] = [spec.gpus, spec.cpu, spec.memory_gib]
+            job.nodes = [n.name for n in chosen]
+            job.phase = JobPhase.RUNNING.value
+            job.started_at = t
+            job.finish_at = t + max(1e-3, self._runtime(job.job_id, spec, chosen[0].gpu_type))
+
+    def _spec(self, job: _Job) -> JobSpec:
+        spec = self._specs.get(job.job_id)
+        if spec is None:
+            spec = self._specs[job.job_id] = JobSpec.model_validate(job.spec)
+        return spec
+
+    def _fit(self, job: _Job, spec: JobSpec, t: float) -> list[_Node] | None:
+        allowed = set(spec.gpu_types)
+        candidates = [
+            n for n in self._nodes.values()
+            if n.ready_at <= t + EPS and (job.pool is None or n.pool == job.pool)
+            and (not allowed or n.gpu_type in allowed)
+        ]
+        # the solver's binding first, then the fullest node that fits (keeps whole nodes free for gangs)
+        rank = {name: i for i, name in enumerate(job.hints)}
+        candidates.sort(key=lambda n: (rank.get(n.name, len(rank)), n.free()[0], n.name))
+        if spec.nodes > 1:
+            whole = [n for n in candidates if not n.used and n.gpus >= spec.gpus and n.cpu >= spec.cpu
+                     and n.memory_gib >= spec.memory_gib]
+            return whole[: spec.nodes] if len(whole) >= spec.nodes else None
+        for n in candidates:
+            g, c, m = n.free()
+            if g >= spec.gpus and c + EPS >= spec.cpu and m + EPS >= spec.memory_gib:
+                return [n]
+        return None
+
+    def _node_info(self, n: _Node) -> NodeInfo:
+        g, c, m = n.free()
+        ready = n.ready_at <= self._t + EPS
+        return NodeInfo(name=n.name, gpu_type=n.gpu_type, gpus=n.gpus, cpu=n.cpu, memory_gib=n.memory_gib,
+                        free_gpus=int(round(g)), free_cpu=c, free_memory_gib=m, ready=ready, pool=n.pool,
+                        ready_at=None if ready else n.ready_at, jobs=len(n.used))
+
+    def _pool_state(self, p: SimPool) -> PoolState:
+        mine = [n for n in self._nodes.values() if n.pool == p.name]
+        return PoolState(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
+                         gpus_per_node=p.gpus_per_node, desired_nodes=self._desired[p.name], nodes=len(mine),
+                         ready_nodes=sum(1 for n in mine if n.ready_at <= self._t + EPS),
+                         min_nodes=p.min_nodes, max_nodes=p.max_nodes)
+
+    def _status(self, j: _Job) -> JobStatus:
+        return JobStatus(job_id=j.job_id, phase=JobPhase(j.phase), nodes=tuple(j.nodes), pool=j.pool,
+                         started_at=j.started_at, finished_at=j.finished_at, message=j.message)
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        data = {
+            "t": self._t, "seq": self._seq, "desired": self._desired, "created": self.created,
+            "nodes": [asdict(n) for n in self._nodes.values()],
+            "jobs": [asdict(j) for j in self._jobs.values()],
+        }
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._state_path.parent, prefix=".sim-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path)
+
+    def _load(self) -> None:
+        data = json.loads(self._state_path.read_text())
+        self._t = data["t"]
+        self._seq = data["seq"]
+        self._desired = {p: data["desired"].get(p, self._pools[p].min_nodes) for p in self._pools}
+        self.created = list(data["created"])
+        self._nodes = {n["name"]: _Node(**n) for n in data["nodes"]}
+        self._jobs = {j["job_id"]: _Job(**j) for j in data["jobs"]}
