@@ -1,0 +1,532 @@
+"""The Spillover config file: store, loop timing, prices, queues, on-prem clusters, cloud node pools, burst policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from providers.catalog import Offering, PriceCatalog
+from scheduler.errors import (
+    ConfigError,
+    UnknownClusterError,
+    UnknownQueueError,
+    custom_error,
+    describe_value,
+    format_validation_error,
+    validate_with_extra_errors,
+)
+from scheduler.jobspec import read_text, read_yaml_documents
+from scheduler.model import DNS_LABEL, Cloud, ClusterKind
+
+API_VERSION = "spillover/v1alpha1"
+KIND = "SpilloverConfig"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "spillover.example.yaml"
+
+# (cloud, region) of the cloud cluster whose pools are being validated; pools look their instance
+# types up there. Pydantic passes no parent values down, and the validation context is shared.
+_location: ContextVar[tuple[Any, Any] | None] = ContextVar("spillover_pool_location", default=None)
+
+
+def _catalog(info: ValidationInfo) -> PriceCatalog | None:
+    """The catalog to check against: the caller's (None when it failed to load), else the bundled one."""
+    if isinstance(info.context, Mapping) and "catalog" in info.context:
+        return info.context["catalog"]
+    return PriceCatalog.bundled()
+
+
+def _dns_label(value: str) -> str:
+    if not DNS_LABEL.match(value):
+        raise ValueError(
+            f"must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter "
+            f"or digit (got {describe_value(value)})"
+        )
+    return value
+
+
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_dns_label)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    # Frozen: one config object is shared by the loop, the CLI and the providers for a whole run.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duplicates(items: Any, what: str, section: str) -> list[Any]:
+    """Errors for list items whose `name` repeats an earlier one, read from the raw input so they are
+    reported together with every other error."""
+    if not isinstance(items, list):
+        return []
+    first: dict[str, int] = {}
+    errors = []
+    for index, item in enumerate(items):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            message = f"duplicate {what} name '{name}' (also {section}[{first[name]}]); names must be unique"
+            errors.append(custom_error((section, index, "name"), message, name))
+        first.setdefault(name, index)
+    return errors
+
+
+class StoreConfig(_Model):
+    """Where the global queue lives."""
+
+    # repr=False: a PostgreSQL URL may carry a password, and configs end up in log lines.
+    url: str = Field(
+        default="sqlite:///spillover.db",
+        repr=False,
+        description="SQLAlchemy URL: sqlite:///FILE or postgresql+psycopg://USER:PASSWORD@HOST/DB",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        expected = "a SQLAlchemy URL like sqlite:///spillover.db or postgresql+psycopg://user:pass@host/db"
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(f"must be {expected}") from None
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        if backend == "sqlite":
+            return url
+        if backend == "postgresql" and "+" not in parsed.drivername:
+            # psycopg (v3) is the driver Spillover ships with; SQLAlchemy would otherwise pick psycopg2.
+            return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        if backend == "postgresql" and driver == "psycopg":
+            return url
+        raise ValueError(f"must be {expected} (got the {parsed.drivername} dialect)")
+
+
+class LoopConfig(_Model):
+    """Timing of the control loop."""
+
+    interval_s: PositiveFloat = Field(default=30.0, description="seconds between cycles")
+    solver_time_limit_s: PositiveFloat = Field(default=2.0, description="time the solver may take per cycle")
+
+
+class PricesConfig(_Model):
+    catalog: Path | None = Field(
+        default=None,
+        description="CSV price catalog, relative to the config file; null means the bundled catalog",
+    )
+
+
+class QueueConfig(_Model):
+    """A queue jobs are submitted to; usually one per team."""
+
+    name: DnsLabel
+    team: NonEmpty | None = Field(default=None, description="team charged in cost reports; defaults to the name")
+    value_of_time_per_gpu_hour: NonNegativeFloat | None = Field(
+        default=None, description="dollars one GPU-hour of waiting is worth here; null means the policy's"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _team_defaults_to_name(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("team") is None and isinstance(data.get("name"), str):
+            return {**data, "team": data["name"]}
+        return data
+
+
+Provider = Literal["simulated", "kubernetes"]
+
+
+class NodeGroup(_Model):
+    """Identical on-prem nodes."""
+
+    count: Annotated[int, Field(ge=1)]
+    gpus_per_node: Annotated[int, Field(ge=1, le=64)]
+    gpu_type: NonEmpty
+    cpu_per_node: PositiveFloat
+    memory_gib_per_node: PositiveFloat
+
+
+class OnPremCluster(_Model):
+    name: DnsLabel
+    kind: Literal[ClusterKind.ONPREM]
+    provider: Provider = "simulated"
+    gpu_hour_cost: NonNegativeFloat = Field(default=0.0, description="amortized dollars per GPU-hour")
+    node_groups: Annotated[list[NodeGroup], Field(min_length=1)]
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(g.count * g.gpus_per_node for g in self.node_groups)
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(g.count for g in self.node_groups)
+
+    @property
+    def gpu_types(self) -> set[str]:
+        return {g.gpu_type for g in self.node_groups}
+
+
+# NodePool fields the catalog supplies, with the Offering attribute each comes from.
+_FROM_CATALOG = {
+    "gpu_type": "gpu_type",
+    "gpus_per_node": "gpus",
+    "cpu_per_node": "vcpus",
+    "memory_gib_per_node": "memory_gib",
+}
+
+
+def _pool_offer(info: ValidationInfo, instance_type: Any, spot: bool) -> Offering | None:
+    """The catalog's offering for a pool being validated inside a cloud cluster, or None when there is
+    nothing to check against (no catalog, pool outside a cluster, or a cloud/region already reported)."""
+    where, catalog = _location.get(), _catalog(info)
+    if where is None or catalog is None or not isinstance(instance_type, str):
+        return None
+    cloud, region = where
+    try:
+        return catalog.offer(cloud, region, instance_type, spot)
+    except LookupError:
+        return None
+
+
+class NodePool(_Model):
+    """A cloud node pool (EKS node group, GKE node pool, AKS agent pool) of one instance type.
+
+    Hardware and price come from the price catalog; given here, hardware must agree with it, and
+    `price_per_hour` overrides it (a negotiated discount, say).
+    """
+
+    name: DnsLabel
+    instance_type: NonEmpty
+    spot: bool = False
+    min_nodes: Annotated[int, Field(ge=0)] = 0
+    max_nodes: Annotated[int, Field(ge=0)]
+    provisioning_delay_s: NonNegativeFloat = Field(default=300.0, description="seconds from scale-up to a ready node")
+    gpu_type: NonEmpty | None = None
+    gpus_per_node: Annotated[int, Field(ge=1)] | None = None
+    cpu_per_node: PositiveFloat | None = None
+    memory_gib_per_node: PositiveFloat | None = None
+    price_per_hour: NonNegativeFloat | None = Field(default=None, description="dollars per node-hour")
+
+    _cluster: str = PrivateAttr(default="")
+
+    @property
+    def id(self) -> str:
+        """Unique across the config: "<cluster>/<pool>"."""
+        return f"{self._cluster}/{self.name}"
+
+    @property
+    def cluster_name(self) -> str:
+        return self._cluster
+
+    @property
+    def gpus_at_max(self) -> int:
+        return self.max_nodes * (self.gpus_per_node or 0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_catalog(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        spot = data.get("spot", False)
+        hardware = _pool_offer(info, data.get("instance_type"), False)
+        priced = _pool_offer(info, data.get("instance_type"), spot) if isinstance(spot, bool) else None
+        filled = dict(data)
+        for field, attr in _FROM_CATALOG.items():
+            if hardware is not None and filled.get(field) is None:
+                filled[field] = getattr(hardware, attr)
+        if priced is not None and filled.get("price_per_hour") is None:
+            filled["price_per_hour"] = priced.price_per_hour
+        return filled
+
+    @field_validator("instance_type")
+    @classmethod
+    def _listed(cls, instance_type: str, info: ValidationInfo) -> str:
+        where, catalog = _location.get(), _catalog(info)
+        if where is not None and catalog is not None and where[1] in catalog.regions(where[0]):
+            try:
+                catalog.offer(where[0], where[1], instance_type, False)
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+        return instance_type
+
+    @field_validator("spot")
+    @classmethod
+    def _spot_priced(cls, spot: bool, info: ValidationInfo) -> bool:
+        instance_type = info.data.get("instance_type")
+        if spot and _pool_offer(info, instance_type, False) and not _pool_offer(info, instance_type, True):
+            cloud, region = _location.get() or ("", "")
+            raise ValueError(f"no spot price listed for {instance_type} in {cloud} {region}; use spot: false")
+        return spot
+
+    @field_validator("max_nodes")
+    @classmethod
+    def _not_below_min(cls, max_nodes: int, info: ValidationInfo) -> int:
+        min_nodes = info.data.get("min_nodes")
+        if min_nodes is not None and max_nodes < min_nodes:
+            raise ValueError(f"must be at least min_nodes ({min_nodes}) (got {max_nodes})")
+        return max_nodes
+
+    @field_validator(*_FROM_CATALOG)
+    @classmethod
+    def _agrees_with_catalog(cls, value: Any, info: ValidationInfo) -> Any:
+        instance_type = info.data.get("instance_type")
+        offer = _pool_offer(info, instance_type, False)
+        if value is None or offer is None:
+            return value
+        listed = getattr(offer, _FROM_CATALOG[info.field_name])
+        same = value == listed if isinstance(value, str) else math.isclose(value, listed, rel_tol=1e-9)
+        if not same:
+            raise ValueError(
+                f"must match the price catalog, which lists {listed} for {instance_type} (got {describe_value(value)});"
+                " leave it out to take the catalog's"
+            )
+        return value
+
+
+class CloudCluster(_Model):
+    """A managed Kubernetes cluster (EKS, GKE, AKS) whose GPU node pools Spillover scales."""
+
+    name: DnsLabel
+    kind: Literal[ClusterKind.CLOUD]
+    provider: Provider = "simulated"
+    cloud: Cloud
+    region: NonEmpty
+    pools: Annotated[list[NodePool], Field(min_length=1)]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _pools_see_location(cls, data: Any, handler: Any, info: ValidationInfo) -> Any:
+        location = (data.get("cloud"), data.get("region")) if isinstance(data, Mapping) else None
+        token = _location.set(location)
+        try:
+            raw_pools = data.get("pools") if isinstance(data, Mapping) else None
+            cluster = validate_with_extra_errors(handler, data, _duplicates(raw_pools, "pool", "pools"), cls.__name__)
+        finally:
+            _location.reset(token)
+        for pool in cluster.pools:
+            pool._cluster = cluster.name
+        return cluster
+
+    @field_validator("region")
+    @classmethod
+    def _priced_region(cls, region: str, info: ValidationInfo) -> str:
+        cloud, catalog = info.data.get("cloud"), _catalog(info)
+        if cloud is not None and catalog is not None:
+            regions = catalog.regions(cloud)
+            if region not in regions:
+                raise ValueError(
+                    f"no prices for {cloud.value} region '{region}' in the catalog; "
+                    f"regions listed for {cloud.value}: {', '.join(regions) or 'none'}"
+                )
+        return region
+
+    @property
+    def max_gpus(self) -> int:
+        return sum(p.gpus_at_max for p in self.pools)
+
+
+Cluster = Annotated[OnPremCluster | CloudCluster, Field(discriminator="kind")]
+
+
+def _known_region(region: str, info: ValidationInfo) -> str:
+    catalog = _catalog(info)
+    if catalog is not None:
+        known = sorted({r for c in catalog.clouds() for r in catalog.regions(c)})
+        if region not in known:
+            raise ValueError(f"unknown region '{region}'; regions in the price catalog: {', '.join(known)}")
+    return region
+
+
+class BurstPolicy(_Model):
+    """When and where jobs may burst to the cloud, and what waiting is worth."""
+
+    allowed_clouds: list[Cloud] = Field(default_factory=lambda: list(Cloud))
+    allowed_regions: list[Annotated[str, AfterValidator(_known_region)]] = Field(
+        default_factory=list, description="empty means any region"
+    )
+    max_cloud_gpus: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="GPUs in the cloud at once, all pools together; null means no cap"
+    )
+    value_of_time_per_gpu_hour: NonNegativeFloat = Field(
+        default=4.0, description="dollars one GPU-hour of waiting is worth"
+    )
+    scale_down_idle_s: NonNegativeFloat = Field(
+        default=600.0, description="seconds an idle cloud pool waits before shrinking to min_nodes"
+    )
+    spot_for_checkpointable: bool = True
+    spot_for_non_checkpointable: bool = False
+
+    def allows(self, cloud: Cloud | str, region: str) -> bool:
+        return Cloud(cloud) in self.allowed_clouds and (not self.allowed_regions or region in self.allowed_regions)
+
+    def allows_spot(self, checkpointable: bool) -> bool:
+        return self.spot_for_checkpointable if checkpointable else self.spot_for_non_checkpointable
+
+
+class SpilloverConfig(_Model):
+    """Everything Spillover reads from its config file."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+    api_version: Literal["spillover/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["SpilloverConfig"] = KIND
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+    gpu_speeds: dict[NonEmpty, PositiveFloat] = Field(
+        default_factory=dict, description="throughput relative to speed 1.0; a GPU type not listed is 1.0"
+    )
+    queues: Annotated[list[QueueConfig], Field(min_length=1)]
+    clusters: Annotated[list[Cluster], Field(min_length=1)]
+    policy: BurstPolicy = Field(default_factory=BurstPolicy)
+
+    _prices: PriceCatalog | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unique_names(cls, data: Any, handler: Any) -> Any:
+        extra = []
+        if isinstance(data, Mapping):
+            extra = _duplicates(data.get("queues"), "queue", "queues") + _duplicates(
+                data.get("clusters"), "cluster", "clusters"
+            )
+        return validate_with_extra_errors(handler, data, extra, cls.__name__)
+
+    @property
+    def catalog(self) -> PriceCatalog:
+        """The price catalog this config was checked against."""
+        return self._prices or PriceCatalog.bundled()
+
+    def queue(self, name: str) -> QueueConfig:
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise UnknownQueueError(name, [q.name for q in self.queues])
+
+    def cluster(self, name: str) -> OnPremCluster | CloudCluster:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise UnknownClusterError(name, [c.name for c in self.clusters])
+
+    @property
+    def onprem_clusters(self) -> list[OnPremCluster]:
+        return [c for c in self.clusters if isinstance(c, OnPremCluster)]
+
+    @property
+    def cloud_clusters(self) -> list[CloudCluster]:
+        return [c for c in self.clusters if isinstance(c, CloudCluster)]
+
+    def pools(self) -> Iterator[NodePool]:
+        for cluster in self.cloud_clusters:
+            yield from cluster.pools
+
+    def value_of_time(self, queue_name: str) -> float:
+        """Dollars one GPU-hour of waiting is worth for jobs of this queue."""
+        own = self.queue(queue_name).value_of_time_per_gpu_hour
+        return self.policy.value_of_time_per_gpu_hour if own is None else own
+
+    def speed(self, gpu_type: str) -> float:
+        return self.gpu_speeds.get(gpu_type, 1.0)
+
+    def gpu_types(self) -> set[str]:
+        """Every GPU type some cluster or pool offers."""
+        types = {t for c in self.onprem_clusters for t in c.gpu_types}
+        return types | {p.gpu_type for p in self.pools() if p.gpu_type}
+
+
+def _prices_for(data: Mapping[str, Any], base_dir: Path) -> tuple[PriceCatalog | None, list[str]]:
+    """The catalog named under prices.catalog (the bundled one when absent), or None and why not."""
+    prices = data.get("prices")
+    path = prices.get("catalog") if isinstance(prices, Mapping) else None
+    if path is None or not isinstance(path, str):
+        return PriceCatalog.bundled(), []  # a wrong type is reported by validation
+    try:
+        return PriceCatalog.load(base_dir / Path(path).expanduser()), []
+    except ValueError as exc:
+        return None, [f"prices.catalog: {exc}"]
+
+
+def parse_config(
+    data: Any, source: str = "<config>", catalog: PriceCatalog | None = None, *, base_dir: Path | None = None
+) -> SpilloverConfig:
+    """A checked config from already-parsed YAML; every problem at once in one ConfigError.
+
+    `catalog` overrides prices.catalog (tests pin one); relative catalog paths are read from `base_dir`,
+    by default the directory of `source`.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            source, [f"must be a mapping with apiVersion: {API_VERSION} and kind: {KIND} (got {describe_value(data)})"]
+        )
+    errors: list[str] = []
+    if catalog is None:
+        catalog, errors = _prices_for(data, base_dir if base_dir is not None else Path(source).parent)
+    try:
+        config = SpilloverConfig.model_validate(data, context={"catalog": catalog})
+    except ValidationError as exc:
+        errors += format_validation_error(exc, model=SpilloverConfig)
+    if errors:
+        raise ConfigError(source, errors)
+    config._prices = catalog
+    return config
+
+
+def load_config(path: Path | str, catalog: PriceCatalog | None = None) -> SpilloverConfig:
+    """Read and check a config file; any problem is a ConfigError of one line naming the file."""
+    source = str(path)
+    try:
+        docs = read_yaml_documents(read_text(path))
+    except ValueError as exc:
+        raise ConfigError(source, [str(exc)]) from None
+    if len(docs) != 1:
+        found = "nothing" if not docs else f"{len(docs)} YAML documents"
+        raise ConfigError(source, [f"expected one {KIND} document (found {found}); see {EXAMPLE_CONFIG.name}"])
+    return parse_config(docs[0], source, catalog, base_dir=Path(path).parent)
+
+
+def json_schema() -> dict[str, Any]:
+    return SpilloverConfig.model_json_schema()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scheduler.config", description=__doc__)
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema of the config file")
+    parser.add_argument("config", nargs="?", type=Path, help="a config file to check")
+    args = parser.parse_args(argv)
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if args.config is None:
+        parser.error("give a config file to check, or --schema")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
+    pools = sum(1 for _ in config.pools())
+    print(f"{args.config}: ok ({len(config.queues)} queues, {len(config.clusters)} clusters, {pools} cloud pools)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
