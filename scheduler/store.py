@@ -98,7 +98,8 @@ class LedgerRow(Base):
     """Node-hours and dollars, per hour bucket, node and job ('' = the node's idle share)."""
 
     __tablename__ = "ledger"
-    __table_args__ = (UniqueConstraint("bucket", "node", "job_id"), Index("ix_ledger_cloud", "cloud"))
+    __table_args__ = (UniqueConstraint("bucket", "node", "job_id"), Index("ix_ledger_cloud", "cloud"),
+                      Index("ix_ledger_cluster_bucket", "cluster", "bucket"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     bucket: Mapped[float] = mapped_column(Float)  # start of the hour, epoch seconds
     cluster: Mapped[str] = mapped_column(String(63))
@@ -300,17 +301,18 @@ class Store:
         return {JobState(st): n for st, n in rows}
 
     def transition(self, job_id: str, from_states: Iterable[JobState], to: JobState, *, now: float,
-                   message: str, kind: str = "state", cluster: str | None = None, s: Session | None = None,
-                   **fields: Any) -> bool:
-        """Move a job to `to` if it is in one of `from_states`; record the event. False if it was not."""
+                   message: str, kind: str = "state", s: Session | None = None, **fields: Any) -> bool:
+        """Move a job to `to` if it is in one of `from_states`, setting `fields` (columns), and record the
+        event. False if the job was not in one of those states."""
         if s is None:
             with self.tx() as s2:
-                return self.transition(job_id, from_states, to, now=now, message=message, kind=kind,
-                                       cluster=cluster, s=s2, **fields)
+                return self.transition(job_id, from_states, to, now=now, message=message, kind=kind, s=s2, **fields)
         froms = [f.value for f in from_states]
-        current = s.scalar(select(JobRow.state).where(JobRow.id == job_id))
-        if current is None or current not in froms:
+        found = s.execute(select(JobRow.state, JobRow.cluster).where(JobRow.id == job_id)).first()
+        if found is None or found[0] not in froms:
             return False
+        current = found[0]
+        cluster = fields.get("cluster", found[1])
         res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.state == current)
                         .values(state=to.value, updated_at=now, **fields))
         if res.rowcount != 1:
@@ -407,6 +409,14 @@ class Store:
                 s.add(row)
             return row
 
+    def cluster_statuses(self) -> dict[str, ClusterStatusRow]:
+        with self.tx() as s:
+            return {r.cluster: r for r in s.scalars(select(ClusterStatusRow))}
+
+    def pool_statuses(self) -> dict[str, PoolStatusRow]:
+        with self.tx() as s:
+            return {r.pool_id: r for r in s.scalars(select(PoolStatusRow))}
+
     def save_cluster_status(self, row: ClusterStatusRow) -> None:
         with self.tx() as s:
             s.merge(row)
@@ -427,22 +437,32 @@ class Store:
 
     def accrue(self, cluster: str, until: float, entries: Iterable[LedgerEntry]) -> None:
         """Add ledger entries and move the cluster's accrual mark, atomically (a crash accrues nothing twice)."""
-        with self.tx() as s:
-            status = s.get(ClusterStatusRow, cluster)
-            if status is None:
-                status = ClusterStatusRow(cluster=cluster, available=True, failures=0, message="")
-                s.add(status)
-            status.accrued_until = until
-            for e in entries:
-                row = s.scalars(select(LedgerRow).where(LedgerRow.bucket == e.bucket, LedgerRow.node == e.node,
-                                                        LedgerRow.job_id == e.job_id)).first()
-                if row is None:
-                    s.add(LedgerRow(bucket=e.bucket, cluster=e.cluster, cloud=e.cloud, region=e.region,
-                                    pool=e.pool, instance_type=e.instance_type, spot=e.spot, node=e.node,
-                                    job_id=e.job_id, queue=e.queue, team=e.team, gpu_hours=e.gpu_hours,
-                                    node_hours=e.node_hours, usd=e.usd))
-                    s.flush()
-                else:
+        self.accrue_many({cluster: (until, list(entries))})
+
+    def accrue_many(self, accruals: dict[str, tuple[float, list[LedgerEntry]]]) -> None:
+        """`accrue` for several clusters in one transaction."""
+        with self.tx() as s, s.no_autoflush:
+            for cluster, (until, entries) in accruals.items():
+                status = s.get(ClusterStatusRow, cluster)
+                if status is None:
+                    status = ClusterStatusRow(cluster=cluster, available=True, failures=0, message="")
+                    s.add(status)
+                status.accrued_until = until
+                status.last_observed_at = until
+                if not entries:
+                    continue
+                # an accrual touches one or two hour buckets: read their rows once, then add in memory
+                buckets = sorted({e.bucket for e in entries})
+                existing = {(r.bucket, r.node, r.job_id): r for r in s.scalars(
+                    select(LedgerRow).where(LedgerRow.cluster == cluster, LedgerRow.bucket.in_(buckets)))}
+                for e in entries:
+                    row = existing.get((e.bucket, e.node, e.job_id))
+                    if row is None:
+                        row = existing[(e.bucket, e.node, e.job_id)] = LedgerRow(
+                            bucket=e.bucket, cluster=e.cluster, cloud=e.cloud, region=e.region, pool=e.pool,
+                            instance_type=e.instance_type, spot=e.spot, node=e.node, job_id=e.job_id,
+                            queue=e.queue, team=e.team, gpu_hours=0.0, node_hours=0.0, usd=0.0)
+                        s.add(row)
                     row.gpu_hours += e.gpu_hours
                     row.node_hours += e.node_hours
                     row.usd += e.usd

@@ -1,0 +1,384 @@
+"""The `spillover` command line: submit and follow jobs, read costs, run the loop, and the embedded demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from scheduler.clock import RealClock
+from scheduler.config import CloudCluster, SpilloverConfig, load_config
+from scheduler.errors import UnknownQueueError, UserError, JobSpecError
+from scheduler.model import JobSpec, JobState
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "spillover.example.yaml"
+
+app = typer.Typer(help="Spillover: one global queue for GPU training jobs across on-prem and cloud clusters.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+out = Console()
+err = Console(stderr=True)
+
+
+class ReportBy(str, Enum):
+    cloud = "cloud"
+    cluster = "cluster"
+    pool = "pool"
+    queue = "queue"
+    team = "team"
+    job = "job"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user's mistake becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        yield
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="SPILLOVER_CONFIG",
+                                                   help="config file (default: ./spillover.yaml)")]
+
+
+def _config(path: Path | None) -> SpilloverConfig:
+    if path is None:
+        path = Path("spillover.yaml")
+        if not path.exists():
+            raise UserError("no config: pass --config FILE or set SPILLOVER_CONFIG "
+                            f"(a commented example: {EXAMPLE_CONFIG})")
+    return load_config(path)
+
+
+def _store(config: SpilloverConfig):
+    from scheduler.store import Store
+
+    return Store(config.store.url)
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}h{rem // 60:02d}m"
+
+
+# ---- config ------------------------------------------------------------------------------------------
+
+
+@config_app.command("validate")
+def config_validate(file: Annotated[Path, typer.Argument(help="config file to check")]) -> None:
+    """Check a config file; print every error with its field path."""
+    try:
+        cfg = load_config(file)
+    except UserError as e:
+        errors = getattr(e, "errors", None) or [str(e)]
+        for line in errors:
+            err.print(f"error: {file}: {line}" if not line.startswith(str(file)) else f"error: {line}",
+                      markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    gpus = sum(c.total_gpus for c in cfg.clusters if not isinstance(c, CloudCluster))
+    pools = sum(len(c.pools) for c in cfg.clusters if isinstance(c, CloudCluster))
+    out.print(f"{file}: ok — {len(cfg.clusters)} clusters ({gpus} on-prem GPUs, {pools} cloud pools), "
+              f"{len(cfg.queues)} queues")
+
+
+# ---- jobs --------------------------------------------------------------------------------------------
+
+
+def check_against_config(specs: list[JobSpec], config: SpilloverConfig, source: str) -> None:
+    """Reject specs that no configured queue or cluster could ever serve, naming the field."""
+    queues = [q.name for q in config.queues]
+    offered: dict[str, int] = {}  # gpu type -> largest GPUs per node
+    for c in config.clusters:
+        shapes = ([(p.gpu_type, p.gpus_per_node) for p in c.pools] if isinstance(c, CloudCluster)
+                  else [(g.gpu_type, g.gpus_per_node) for g in c.node_groups])
+        for t, n in shapes:
+            offered[t] = max(offered.get(t, 0), n)
+    for spec in specs:
+        if spec.queue not in queues:
+            raise UnknownQueueError(f"{source}: spec.queue: unknown queue {spec.queue!r}; configured queues: "
+                                    f"{', '.join(queues)}")
+        unknown = [t for t in spec.gpu_types if t not in offered]
+        if unknown:
+            raise JobSpecError([f"{source}: spec.gpuTypes: no cluster offers {', '.join(unknown)}; "
+                                f"available: {', '.join(sorted(offered))}"])
+        types = spec.gpu_types or list(offered)
+        largest = max(offered[t] for t in types)
+        if spec.gpus > largest:
+            raise JobSpecError([f"{source}: spec.gpus: {spec.gpus} GPUs per node, but the largest node for "
+                                f"{'/'.join(types) if spec.gpu_types else 'any type'} has {largest}; "
+                                f"use nodes: N for a gang of whole nodes"])
+
+
+@app.command()
+def submit(file: Annotated[Path, typer.Argument(help="TrainingJob YAML or a batch/v1 Job manifest")],
+           config: ConfigOpt = None) -> None:
+    """Add the job(s) in FILE to the global queue (all of them or none)."""
+    from scheduler.jobspec import load_job_specs
+
+    with user_errors():
+        specs = load_job_specs(file)
+        cfg = _config(config)
+        check_against_config(specs, cfg, str(file))
+        store = _store(cfg)
+        jobs = store.submit(specs, now=RealClock().now(), teams={q.name: q.team for q in cfg.queues})
+        for j in jobs:
+            out.print(f"submitted {j.id} to queue {j.queue} ({j.gpus} GPU(s))")
+
+
+@app.command()
+def jobs(config: ConfigOpt = None,
+         state: Annotated[Optional[list[JobState]], typer.Option(help="only these states")] = None,
+         queue: Annotated[Optional[str], typer.Option(help="only this queue")] = None,
+         limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50) -> None:
+    """List jobs: state, where each runs and why it is there."""
+    with user_errors():
+        cfg = _config(config)
+        rows = _store(cfg).jobs(state, queue)[-limit:]
+        table = Table(title=f"jobs ({len(rows)} shown)")
+        for col in ("job", "queue", "GPUs", "state", "where", "submitted", "waited", "reason"):
+            table.add_column(col, overflow="fold")
+        for j in rows:
+            where = f"{j.cluster}/{j.pool}" if j.pool else (j.cluster or "-")
+            waited = ((j.started_at or RealClock().now()) - j.submitted_at) if j.state != JobState.CANCELLED else None
+            table.add_row(j.id, j.queue, str(j.gpus), j.state.value, where, _ts(j.submitted_at), _dur(waited), j.reason)
+        out.print(table)
+
+
+@app.command()
+def describe(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None) -> None:
+    """Show a job's spec, where it ran, why, and every event."""
+    from scheduler.jobspec import job_spec_to_yaml
+
+    with user_errors():
+        cfg = _config(config)
+        store = _store(cfg)
+        j = store.job(job)
+        out.print(f"[bold]{j.id}[/bold]  queue={j.queue} team={j.team} state={j.state.value}")
+        out.print(f"where: {j.cluster or '-'}{'/' + j.pool if j.pool else ''}  gpu type: {j.gpu_type or '-'}")
+        out.print(f"why: {j.reason}", markup=False)
+        out.print(f"submitted {_ts(j.submitted_at)}  started {_ts(j.started_at)}  finished {_ts(j.finished_at)}")
+        table = Table(title="events")
+        for col in ("time", "kind", "state", "message"):
+            table.add_column(col, overflow="fold")
+        for e in store.events(j.id):
+            states = f"{e.from_state or ''}→{e.to_state}" if e.to_state else ""
+            table.add_row(_ts(e.at), e.kind, states, e.message)
+        out.print(table)
+        out.print("spec:")
+        out.print(job_spec_to_yaml(j.spec), markup=False, highlight=False)
+
+
+@app.command()
+def cancel(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None) -> None:
+    """Cancel a job: a queued one at once, a dispatched one once its cluster has removed it."""
+    with user_errors():
+        cfg = _config(config)
+        store = _store(cfg)
+        j = store.job(job)
+        now = RealClock().now()
+        if store.transition(j.id, [JobState.PENDING], JobState.CANCELLED, now=now, message="cancelled by user",
+                            finished_at=now):
+            out.print(f"cancelled {j.id}")
+        elif store.transition(j.id, [JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING],
+                              JobState.CANCELLING, now=now, message="cancel requested by user"):
+            out.print(f"cancelling {j.id}: the loop removes it from {j.cluster}")
+        else:
+            raise UserError(f"job {j.id} is {store.job(j.id).state.value}; only queued or running jobs can be cancelled")
+
+
+@app.command()
+def clusters(config: ConfigOpt = None) -> None:
+    """Member clusters and pools: capacity, price, and what the loop last saw."""
+    with user_errors():
+        cfg = _config(config)
+        store = _store(cfg)
+        table = Table(title="clusters")
+        for col in ("cluster", "kind", "pool / nodes", "GPU", "GPUs", "$/node-h", "nodes min-max", "status"):
+            table.add_column(col)
+        for c in cfg.clusters:
+            st = store.cluster_status(c.name)
+            status = ("available" if st.available else f"unavailable: {st.message}") + (
+                f" (seen {_ts(st.last_observed_at)})" if st.last_observed_at else " (not observed yet)")
+            if isinstance(c, CloudCluster):
+                for p in c.pools:
+                    ps = store.pool_status(f"{c.name}/{p.name}")
+                    note = f"; cooling off: {ps.message}" if ps.cooloff_until and ps.cooloff_until > RealClock().now() else ""
+                    table.add_row(c.name, f"{c.cloud.value if hasattr(c.cloud, 'value') else c.cloud} {c.region}",
+                                  f"{p.name} {p.instance_type}{' spot' if p.spot else ''}", p.gpu_type,
+                                  f"{p.gpus_per_node}/node", f"{p.price_per_hour:.2f}", f"{p.min_nodes}-{p.max_nodes}",
+                                  status + note)
+            else:
+                for g in c.node_groups:
+                    table.add_row(c.name, "on-prem", f"{g.count} nodes", g.gpu_type, str(g.count * g.gpus_per_node),
+                                  f"{c.gpu_hour_cost * g.gpus_per_node:.2f}", "-", status)
+        out.print(table)
+
+
+@app.command("cost-report")
+def cost_report_cmd(config: ConfigOpt = None,
+                    by: Annotated[ReportBy, typer.Option(help="group costs by")] = ReportBy.cloud,
+                    fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.table) -> None:
+    """Dollars, node-hours and GPU-hours from the cost ledger."""
+    with user_errors():
+        cfg = _config(config)
+        print_cost_report(_store(cfg), by.value, fmt.value)
+
+
+def print_cost_report(store, by: str, fmt: str, title: str | None = None) -> None:
+    from scheduler.costs import cost_report
+
+    rows = cost_report(store, by)
+    if fmt == "json":
+        sys.stdout.write(json.dumps([{by: r.key, "node_hours": round(r.node_hours, 4),
+                                      "gpu_hours": round(r.gpu_hours, 4), "usd": round(r.usd, 2)} for r in rows],
+                                    indent=2) + "\n")
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow([by, "node_hours", "gpu_hours", "usd"])
+        for r in rows:
+            w.writerow([r.key, f"{r.node_hours:.4f}", f"{r.gpu_hours:.4f}", f"{r.usd:.2f}"])
+        sys.stdout.write(buf.getvalue())
+        return
+    table = Table(title=title or f"cost by {by}")
+    table.add_column(by)
+    for col in ("node-hours", "GPU-hours", "USD"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r.key, f"{r.node_hours:,.1f}", f"{r.gpu_hours:,.1f}", f"{r.usd:,.2f}")
+    table.add_row("[bold]total[/bold]", f"{sum(r.node_hours for r in rows):,.1f}",
+                  f"{sum(r.gpu_hours for r in rows):,.1f}", f"[bold]{sum(r.usd for r in rows):,.2f}[/bold]")
+    out.print(table)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(config: ConfigOpt = None,
+        once: Annotated[bool, typer.Option(help="run one cycle and exit")] = False,
+        cycles: Annotated[Optional[int], typer.Option(help="stop after this many cycles")] = None,
+        state_dir: Annotated[Path, typer.Option(help="where simulated clusters keep their state")] = Path(".spillover/sim"),
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run the control loop in the foreground on the configured clusters."""
+    from scheduler.loop import ControlLoop
+    from scheduler.wiring import build_providers
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with user_errors():
+        cfg = _config(config)
+        store = _store(cfg)
+        clock = RealClock()
+        loop = ControlLoop(cfg, store, build_providers(cfg, clock, state_dir=state_dir), clock,
+                           crash_hook=_crash_hook_from_env())
+        out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {cfg.store.url}")
+        try:
+            loop.run(max_cycles=1 if once else cycles)
+        except KeyboardInterrupt:
+            out.print("stopped")
+
+
+def _crash_hook_from_env():
+    """SPILLOVER_CRASH_AT=point:n kills the process (SIGKILL) the n-th time the loop reaches `point`.
+
+    Used by the crash tests to stop the process exactly between writing an intent and acting on it.
+    """
+    spec = os.environ.get("SPILLOVER_CRASH_AT")
+    if not spec:
+        return None
+    point, _, nth = spec.partition(":")
+    count = {"n": 0}
+
+    def hook(at: str) -> None:
+        if at == point:
+            count["n"] += 1
+            if count["n"] >= int(nth or 1):
+                os.kill(os.getpid(), 9)
+
+    return hook
+
+
+# ---- demo --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(jobs: Annotated[int, typer.Option("--jobs", help="jobs in the burst")] = 240,
+         seed: Annotated[int, typer.Option(help="workload seed")] = 7,
+         config: Annotated[Optional[Path], typer.Option("--config", "-c",
+                                                        help="config (default: the bundled example)")] = None,
+         keep: Annotated[Optional[Path], typer.Option(help="keep the demo's store in this SQLite file")] = None) -> None:
+    """Replay a burst of jobs on simulated clusters: where they ran, why, and what the cloud cost."""
+    from simulations.demo import placement_summary, run_demo
+
+    with user_errors():
+        cfg = load_config(config or EXAMPLE_CONFIG)
+        db = keep or Path(tempfile.mkdtemp(prefix="spillover-demo-")) / "demo.db"
+        if db.exists():
+            db.unlink()
+        onprem = sum(c.total_gpus for c in cfg.clusters if not isinstance(c, CloudCluster))
+        out.print(f"[bold]Spillover demo[/bold]: {jobs} jobs arrive over 3 h; {onprem} on-prem GPUs; "
+                  f"cloud pools on {', '.join(sorted({str(getattr(c.cloud, 'value', c.cloud)) for c in cfg.clusters if isinstance(c, CloudCluster)}))}; "
+                  f"waiting is worth ${cfg.policy.value_of_time_per_gpu_hour:g}/GPU-hour")
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} jobs done"), TimeElapsedColumn(),
+                      console=out, transient=False) as bar:
+            task = bar.add_task("simulated 0.0 h", total=jobs)
+
+            def progress(sim_s: float, done: int, _submitted: int) -> None:
+                bar.update(task, completed=done, description=f"simulated {sim_s / 3600:5.1f} h")
+
+            store, result = run_demo(cfg, db, n_jobs=jobs, seed=seed, progress=progress)
+        rows = placement_summary(store, cfg)
+        table = Table(title="Where jobs ran and why")
+        for col in ("where", "kind", "jobs", "GPU-h", "avg wait", "why (the longest-waiting job's reason)"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(r.where, r.kind, str(r.jobs), f"{r.gpu_hours:,.0f}", f"{r.avg_wait_h:.2f} h", r.example_reason)
+        out.print(table)
+        print_cost_report(store, "cloud", "table", title="Cost by cloud (cloud node-hours, incl. boot and idle)")
+        pools = [e.message for e in store.events() if e.kind == "scale"]
+        ups = sum(1 for m in pools if "scaled up" in m)
+        downs = sum(1 for m in pools if "scaled down" in m)
+        counts = store.count_by_state()
+        out.print(f"{counts.get(JobState.SUCCEEDED, 0)} jobs succeeded in {(result.ended_at - result.started_at) / 3600:.1f} "
+                  f"simulated hours; {ups} scale-ups, {downs} scale-downs, every cloud pool back to its minimum; "
+                  f"{result.solves} solves, {result.solve_s:.1f} s in the solver.")
+        out.print(f"store: {db} — try: spillover describe <job> -c <config with store.url sqlite:///{db}>")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,431 @@
+"""The control loop: observe -> sync -> decide -> act -> record, one cycle at a time, on an injected clock.
+
+Every action is written to the store as *intended* (with an idempotency key) before it is performed, and
+marked done after. Any action still open at the start of a cycle — because the process died between the
+two, or the call failed — is performed again with the same key; providers are idempotent under that key, so
+a job is never dispatched twice and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import placement
+from placement import Action as Decide
+from placement import Plan, PlacementProblem
+from providers.contract import ClusterProvider, ClusterState, DispatchRequest, ErrorKind, JobPhase, ProviderError
+from scheduler.clock import Clock
+from scheduler.config import CloudCluster, SpilloverConfig
+from scheduler.costs import ledger_entries
+from scheduler.model import JobState
+from scheduler.problem import Snapshot, TargetRef, build_problem
+from scheduler.store import Job, Store
+
+log = logging.getLogger("spillover.loop")
+
+ACTIVE = (JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING, JobState.CANCELLING)
+# Errors after which retrying the same call cannot help: the job goes back to the solver instead.
+FINAL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)
+# How long a pool that stocked out or hit its quota is left alone.
+POOL_COOLOFF_S = 900.0
+# Re-plan at least this often while jobs wait, even when nothing changed.
+RESOLVE_EVERY_S = 300.0
+
+
+@dataclass
+class CycleReport:
+    at: float
+    observed: int = 0
+    unreachable: list[str] = field(default_factory=list)
+    pending: int = 0
+    started: int = 0
+    burst: int = 0
+    waiting: int = 0
+    scaled: list[str] = field(default_factory=list)
+    finished: int = 0
+    solved: bool = False
+    plan: Plan | None = None
+
+
+class ControlLoop:
+    def __init__(self, config: SpilloverConfig, store: Store, providers: dict[str, ClusterProvider],
+                 clock: Clock, *, solver: Callable[[PlacementProblem], Plan] = placement.solve,
+                 unavailable_after: int = 3, crash_hook: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.solver = solver
+        self.unavailable_after = unavailable_after
+        # lets crash tests stop the process at a named point between writing an intent and acting on it
+        self._crash_hook = crash_hook or (lambda _point: None)
+        self._dirty = True
+        self._last_solve_at = -math.inf
+        self._wait_signature: dict[str, tuple] = {}
+        self.last_states: dict[str, ClusterState] = {}
+        self._accrued_until: dict[str, float | None] = {}
+        self._pool_status: dict = {}
+
+    # ---- the cycle -------------------------------------------------------------------------------
+
+    def run_cycle(self) -> CycleReport:
+        now = self.clock.now()
+        report = CycleReport(at=now)
+        self._pool_status = self.store.pool_statuses()
+        states = self._observe(report)  # 1. observe
+        self._sync(states, report)  # 2. sync
+        self._repair_open_actions(states)  # performs what a crash or a failed call left intended
+        self._cancel_requested(states)
+        pending = self.store.jobs([JobState.PENDING])
+        report.pending = len(pending)
+        now = self.clock.now()
+        if pending and (self._dirty or now - self._last_solve_at >= RESOLVE_EVERY_S):
+            active = self.store.jobs(ACTIVE)
+            snap = Snapshot(now=now, states=states, pending=pending, active=active,
+                            cooling_pools=self._cooling_pools(now))
+            problem, refs = build_problem(self.config, snap)
+            plan = self.solver(problem)  # 3. decide
+            report.solved, report.plan = True, plan
+            self._last_solve_at = now
+            self._act(plan, refs, {j.id: j for j in pending}, states, report)  # 4. act
+            log.info("cycle: %d pending, %d started on-prem, %d burst, %d waiting (%s %s in %.2fs, gap %s)",
+                     len(pending), report.started, report.burst, report.waiting, plan.solver, plan.status,
+                     plan.solve_s, "n/a" if plan.gap is None else f"{plan.gap:.2%}")
+        self._dirty = False
+        self._scale_down_idle(states, report)
+        self.last_states = states
+        return report
+
+    def run(self, *, max_cycles: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Cycle every `loop.interval_s` on the clock until told to stop."""
+        n = 0
+        while not should_stop() and (max_cycles is None or n < max_cycles):
+            started = self.clock.now()
+            self.run_cycle()
+            n += 1
+            self.clock.sleep(max(0.0, self.config.loop.interval_s - (self.clock.now() - started)))
+
+    # ---- 1. observe ------------------------------------------------------------------------------
+
+    def _observe(self, report: CycleReport) -> dict[str, ClusterState]:
+        states: dict[str, ClusterState] = {}
+        statuses = self.store.cluster_statuses()
+        for name, provider in self.providers.items():
+            status = statuses.get(name) or self.store.cluster_status(name)
+            try:
+                state = provider.observe()
+                errors = provider.poll_errors()
+            except ProviderError as e:
+                status.failures += 1
+                report.unreachable.append(name)
+                if status.available and status.failures >= self.unavailable_after:
+                    status.available = False
+                    status.message = str(e)
+                    self.store.record_event("cluster", f"{name} marked unavailable after {status.failures} "
+                                            f"failed observations: {e}", now=self.clock.now(), cluster=name)
+                    log.warning("cluster %s unavailable: %s", name, e)
+                self.store.save_cluster_status(status)
+                self._dirty = True
+                continue
+            if not status.available:
+                self.store.record_event("cluster", f"{name} is reachable again", now=self.clock.now(), cluster=name)
+                self._dirty = True
+            if status.failures or not status.available:
+                status.failures, status.available, status.message = 0, True, ""
+                self.store.save_cluster_status(status)
+            self._accrued_until[name] = status.accrued_until
+            for err in errors:
+                self._on_async_error(name, err)
+            states[name] = state
+            report.observed += 1
+        return states
+
+    def _on_async_error(self, cluster: str, err: ProviderError) -> None:
+        now = self.clock.now()
+        self.store.record_event("error", str(err), now=now, cluster=cluster)
+        if err.pool and err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA):
+            self._cool_pool(f"{cluster}/{err.pool}", now, str(err))
+        self._dirty = True
+
+    # ---- 2. sync ---------------------------------------------------------------------------------
+
+    def _sync(self, states: dict[str, ClusterState], report: CycleReport) -> None:
+        now = self.clock.now()
+        for job in self.store.jobs(ACTIVE):
+            state = states.get(job.cluster or "")
+            if state is None:
+                continue  # not observed this cycle: nothing is known, nothing changes
+            status = state.jobs.get(job.id)
+            if status is None:
+                if job.state == JobState.CANCELLING:
+                    self._finish(job, JobState.CANCELLED, now, f"cancelled; removed from {job.cluster}")
+                elif job.state in (JobState.DISPATCHED, JobState.RUNNING):
+                    # the cluster lost it (deleted by hand, node gone): back to the queue
+                    if self._requeue(job, now):
+                        self._dirty = True
+                continue  # DISPATCHING and absent: the open dispatch action is performed below
+            if status.phase == JobPhase.PENDING and job.state == JobState.DISPATCHING:
+                self._confirm_dispatch(job, now)
+            elif status.phase == JobPhase.RUNNING and job.state in (JobState.DISPATCHING, JobState.DISPATCHED):
+                gpu_type = _gpu_type_of(state, status.nodes)
+                self.store.finish_action(job.dispatch_key, now=now)
+                if self.store.transition(job.id, [JobState.DISPATCHING, JobState.DISPATCHED], JobState.RUNNING,
+                                         now=now, cluster=job.cluster, started_at=status.started_at or now,
+                                         gpu_type=gpu_type,
+                                         message=f"running on {job.cluster} ({', '.join(status.nodes)})"):
+                    self._dirty = True
+            elif status.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED) and job.state != JobState.CANCELLING:
+                to = JobState.SUCCEEDED if status.phase == JobPhase.SUCCEEDED else JobState.FAILED
+                self.store.finish_action(job.dispatch_key, now=now)
+                if job.state != JobState.RUNNING and status.started_at is not None:
+                    self.store.transition(job.id, [job.state], JobState.RUNNING, now=now, cluster=job.cluster,
+                                          started_at=status.started_at,
+                                          gpu_type=_gpu_type_of(state, status.nodes),
+                                          message=f"running on {job.cluster} ({', '.join(status.nodes)})")
+                self._finish(job, to, now, f"{to.value} on {job.cluster}" + (f": {status.message}"
+                                                                               if status.message else ""),
+                             finished_at=status.finished_at or now)
+                report.finished += 1
+        self._accrue(states)
+
+    def _confirm_dispatch(self, job: Job, now: float) -> None:
+        self.store.finish_action(job.dispatch_key, now=now)
+        self.store.transition(job.id, [JobState.DISPATCHING], JobState.DISPATCHED, now=now, cluster=job.cluster,
+                              message=f"accepted by {job.cluster}; waiting for its node(s)")
+
+    def _finish(self, job: Job, to: JobState, now: float, message: str, finished_at: float | None = None) -> None:
+        states = [JobState.RUNNING, JobState.DISPATCHED, JobState.DISPATCHING, JobState.CANCELLING]
+        if self.store.transition(job.id, states, to, now=now, cluster=job.cluster, message=message,
+                                 finished_at=finished_at or now):
+            self._dirty = True
+
+    def _requeue(self, job: Job, now: float) -> bool:
+        return self.store.transition(job.id, [job.state], JobState.PENDING, now=now,
+                                     message=f"{job.cluster} no longer has the job; requeued",
+                                     cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None)
+
+    def _accrue(self, states: dict[str, ClusterState]) -> None:
+        """Charge node time since each cluster's accrual mark to the ledger, all clusters in one transaction."""
+        accruals = {}
+        for name, state in states.items():
+            since = self._accrued_until.get(name)
+            if since is not None and state.observed_at <= since:
+                continue
+            if since is None:  # first sight of this cluster: start the clock now
+                accruals[name] = (state.observed_at, [])
+                continue
+            ids = [st.job_id for st in state.jobs.values() if st.started_at is not None
+                   and (st.finished_at is None or st.finished_at > since)]
+            jobs = self.store.jobs_by_ids(ids) if ids else {}
+            accruals[name] = (state.observed_at, ledger_entries(self.config.cluster(name), state, since,
+                                                                state.observed_at, jobs))
+        if accruals:
+            self.store.accrue_many(accruals)
+            for name, (until, _) in accruals.items():
+                self._accrued_until[name] = until
+
+    # ---- repair ----------------------------------------------------------------------------------
+
+    def _repair_open_actions(self, states: dict[str, ClusterState]) -> None:
+        for action in self.store.open_actions():
+            if action.cluster not in states:
+                continue  # the cluster is not reachable now; retry when it is
+            provider = self.providers[action.cluster]
+            now = self.clock.now()
+            if action.kind == "dispatch":
+                job = self.store.job(action.job_id or "")
+                if job.state != JobState.DISPATCHING or job.dispatch_key != action.key:
+                    self.store.finish_action(action.key, now=now)  # superseded (cancelled, requeued, started)
+                    continue
+                if action.job_id in states[action.cluster].jobs:
+                    self._confirm_dispatch(job, now)  # it got there before the crash: adopt it
+                    continue
+                self._perform_dispatch(job, provider, action.key, tuple(action.payload.get("nodes", ())))
+            elif action.kind == "cancel":
+                self._perform(action.key, lambda p=provider, a=action: p.cancel(a.job_id or "", a.key))
+            elif action.kind == "scale":
+                self._perform(action.key, lambda p=provider, a=action: p.scale_pool(a.pool or "",
+                                                                                       int(a.payload["desired"]),
+                                                                                       a.key))
+
+    def _perform(self, key: str, call: Callable[[], None]) -> ProviderError | None:
+        try:
+            call()
+        except ProviderError as e:
+            if e.kind in FINAL_ERRORS:
+                self.store.finish_action(key, now=self.clock.now(), ok=False, error=str(e))
+            return e  # other kinds stay intended and are retried next cycle
+        self.store.finish_action(key, now=self.clock.now())
+        return None
+
+    def _perform_dispatch(self, job: Job, provider: ClusterProvider, key: str, hints: tuple[str, ...]) -> None:
+        req = DispatchRequest(job_id=job.id, request_id=key, spec=job.spec, pool=job.pool, node_hints=hints)
+        def call() -> None:
+            provider.dispatch(req)
+            self._crash_hook("after-dispatch")
+
+        err = self._perform(key, call)
+        now = self.clock.now()
+        if err is None:
+            self.store.transition(job.id, [JobState.DISPATCHING], JobState.DISPATCHED, now=now, cluster=job.cluster,
+                                  message=f"accepted by {job.cluster}")
+        elif err.kind in FINAL_ERRORS:
+            if err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA) and job.pool:
+                self._cool_pool(f"{job.cluster}/{job.pool}", now, str(err))
+            self.store.transition(job.id, [JobState.DISPATCHING], JobState.PENDING, now=now,
+                                  message=f"dispatch to {job.cluster} failed ({err}); back in the queue",
+                                  cluster=None, pool=None, gpu_type=None, dispatched_at=None)
+            self._dirty = True
+        else:
+            log.warning("dispatch of %s to %s will be retried: %s", job.id, job.cluster, err)
+
+    def _cancel_requested(self, states: dict[str, ClusterState]) -> None:
+        for job in self.store.jobs([JobState.CANCELLING]):
+            if job.cluster not in states:
+                continue
+            key = f"cancel:{job.id}:{job.attempts}"
+            if self.store.intend("cancel", key, cluster=job.cluster, job_id=job.id, now=self.clock.now()):
+                self._perform(key, lambda p=self.providers[job.cluster], k=key, j=job.id: p.cancel(j, k))
+
+    # ---- 4. act ----------------------------------------------------------------------------------
+
+    def _act(self, plan: Plan, refs: dict[str, TargetRef], pending: dict[str, Job],
+             states: dict[str, ClusterState], report: CycleReport) -> None:
+        now = self.clock.now()
+        scales: list[tuple[str, str, int, str]] = []
+        dispatches: list[tuple[Job, str, tuple[str, ...]]] = []
+        reasons: dict[str, tuple[str, bool]] = {}
+        with self.store.tx() as s:  # every intent of this cycle is written before anything is done
+            for target_id, add in plan.new_nodes.items():
+                if add <= 0:
+                    continue
+                ref = refs[target_id]
+                ps = states[ref.cluster].pool(ref.pool or "")
+                desired = min(ps.max_nodes, max(ps.nodes, ps.desired_nodes) + add)
+                key = f"scale:{target_id}:{desired}:{now:.3f}"
+                self.store.intend("scale", key, cluster=ref.cluster, pool=ref.pool, now=now,
+                                  payload={"desired": desired}, s=s)
+                scales.append((ref.cluster, ref.pool or "", desired, key))
+            for d in plan.decisions:
+                job = pending[d.job_id]
+                if d.action == Decide.WAIT:
+                    report.waiting += 1
+                    sig = (d.action, d.wait_target, d.reason.split(":")[0].split("(")[0])
+                    new = self._wait_signature.get(job.id) != sig
+                    self._wait_signature[job.id] = sig
+                    if new or job.reason != d.reason:
+                        reasons[job.id] = (d.reason, new)
+                    continue
+                ref = refs[d.target or ""]
+                key = f"dispatch:{job.id}:{job.attempts + 1}"
+                moved = self.store.transition(
+                    job.id, [JobState.PENDING], JobState.DISPATCHING, now=now, cluster=ref.cluster,
+                    kind="burst" if d.action == Decide.BURST else "placed", s=s,
+                    message=d.reason, pool=ref.pool, attempts=job.attempts + 1, dispatched_at=now, reason=d.reason)
+                if not moved:
+                    continue  # cancelled meanwhile
+                self.store.intend("dispatch", key, cluster=ref.cluster, job_id=job.id, pool=ref.pool, now=now,
+                                  payload={"nodes": list(d.nodes), "target": d.target}, s=s)
+                self._wait_signature.pop(job.id, None)
+                dispatches.append((job, ref.cluster, d.nodes))
+                if d.action == Decide.BURST:
+                    report.burst += 1
+                else:
+                    report.started += 1
+        self.store.set_reasons(reasons, now=now, event_kind="waiting")
+        self._crash_hook("after-intent")
+        for cluster, pool, desired, key in scales:
+            err = self._perform(key, lambda c=cluster, p=pool, n=desired, k=key:
+                                self.providers[c].scale_pool(p, n, k))
+            if err is None:
+                report.scaled.append(f"{cluster}/{pool}->{desired}")
+                self.store.record_event("scale", f"{cluster}/{pool} scaled up to {desired} node(s) for the burst",
+                                        now=now, cluster=cluster)
+            elif err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA):
+                self._cool_pool(f"{cluster}/{pool}", now, str(err))
+        for job, cluster, hints in dispatches:
+            fresh = self.store.job(job.id)
+            self._perform_dispatch(fresh, self.providers[cluster], fresh.dispatch_key, hints)
+
+    # ---- scale-down and pool health --------------------------------------------------------------
+
+    def _scale_down_idle(self, states: dict[str, ClusterState], report: CycleReport) -> None:
+        now = self.clock.now()
+        idle_s = self.config.policy.scale_down_idle_s
+        bound: dict[str, int] = {}
+        for job in self.store.jobs([JobState.DISPATCHING, JobState.DISPATCHED]):
+            if job.pool:
+                bound[f"{job.cluster}/{job.pool}"] = bound.get(f"{job.cluster}/{job.pool}", 0) + 1
+        for cluster in self.config.clusters:
+            if not isinstance(cluster, CloudCluster) or cluster.name not in states:
+                continue
+            state = states[cluster.name]
+            for p in cluster.pools:
+                pid = f"{cluster.name}/{p.name}"
+                ps = state.pool(p.name)
+                if ps is None:
+                    continue
+                busy_nodes = sum(1 for n in state.nodes if n.pool == p.name and n.jobs > 0)
+                keep = max(p.min_nodes, busy_nodes)
+                surplus = max(ps.nodes, ps.desired_nodes) > keep and not bound.get(pid)
+                status = self._pool(pid)
+                if not surplus:
+                    if status.idle_since is not None:
+                        status.idle_since = None
+                        self.store.save_pool_status(status)
+                    continue
+                if status.idle_since is None:
+                    status.idle_since = now
+                    self.store.save_pool_status(status)
+                    continue
+                if now - status.idle_since < idle_s:
+                    continue
+                key = f"scale:{pid}:{keep}:{now:.3f}"
+                self.store.intend("scale", key, cluster=cluster.name, pool=p.name, now=now, payload={"desired": keep})
+                err = self._perform(key, lambda c=cluster.name, pn=p.name, k=key: self.providers[c].scale_pool(pn, keep, k))
+                if err is None:
+                    self.store.record_event("scale", f"{pid} scaled down to {keep} node(s) after "
+                                            f"{(now - status.idle_since) / 60:.0f} min with idle nodes",
+                                            now=now, cluster=cluster.name)
+                    report.scaled.append(f"{pid}->{keep}")
+                    status.idle_since = None
+                    self.store.save_pool_status(status)
+
+    def _pool(self, pool_id: str):
+        status = self._pool_status.get(pool_id)
+        if status is None:
+            status = self._pool_status[pool_id] = self.store.pool_status(pool_id)
+        return status
+
+    def _cool_pool(self, pool_id: str, now: float, message: str) -> None:
+        status = self._pool(pool_id)
+        status.cooloff_until = now + POOL_COOLOFF_S
+        status.message = message
+        self.store.save_pool_status(status)
+        self.store.record_event("pool", f"{pool_id} not used for {POOL_COOLOFF_S / 60:.0f} min: {message}",
+                                now=now, cluster=pool_id.split("/")[0])
+        self._dirty = True
+
+    def _cooling_pools(self, now: float) -> set[str]:
+        out = set()
+        for cluster in self.config.clusters:
+            if isinstance(cluster, CloudCluster):
+                for p in cluster.pools:
+                    st = self._pool(f"{cluster.name}/{p.name}")
+                    if st.cooloff_until is not None and st.cooloff_until > now:
+                        out.add(f"{cluster.name}/{p.name}")
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time something the loop waits for happens on its own (for the simulator)."""
+        return None
+
+
+def _gpu_type_of(state: ClusterState, nodes: tuple[str, ...]) -> str | None:
+    for n in state.nodes:
+        if n.name in nodes:
+            return n.gpu_type
+    return None
