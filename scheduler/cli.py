@@ -166,13 +166,24 @@ def jobs(config: ConfigOpt = None,
     with user_errors():
         cfg = _config(config)
         rows = _store(cfg).jobs(state, queue)[-limit:]
-        table = Table(title=f"jobs ({len(rows)} shown)")
-        for col in ("job", "queue", "GPUs", "state", "where", "submitted", "waited", "reason"):
-            table.add_column(col, overflow="fold")
+        table = Table(title=f"jobs ({len(rows)} shown; `spillover describe JOB` for the full story)")
+        now = RealClock().now()
+        cells = []
         for j in rows:
             where = f"{j.cluster}/{j.pool}" if j.pool else (j.cluster or "-")
-            waited = ((j.started_at or RealClock().now()) - j.submitted_at) if j.state != JobState.CANCELLED else None
-            table.add_row(j.id, j.queue, str(j.gpus), j.state.value, where, _ts(j.submitted_at), _dur(waited), j.reason)
+            waited = None if j.state == JobState.CANCELLED else (j.started_at or now) - j.submitted_at
+            cells.append([j.id, j.queue, str(j.gpus), j.state.value, where, _dur(waited), j.reason])
+        heads = ["job", "queue", "GPUs", "state", "where", "waited"]
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+        # the fixed columns keep their width; the reason gets the rest of the line, cut with an ellipsis
+        why_width = max(12, out.width - sum(widths) - 3 * (len(heads) + 1) - 1)
+        for h, w in zip(heads, widths):
+            table.add_column(h, min_width=w, no_wrap=True, justify="right" if h in ("GPUs", "waited") else "left")
+        narrow = why_width < 20  # too little room for a useful reason: leave it to `describe`
+        if not narrow:
+            table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=why_width)
+        for c in cells:
+            table.add_row(*(c[:-1] if narrow else c))
         out.print(table)
 
 
@@ -225,24 +236,25 @@ def clusters(config: ConfigOpt = None) -> None:
         cfg = _config(config)
         store = _store(cfg)
         table = Table(title="clusters")
-        for col in ("cluster", "kind", "pool / nodes", "GPU", "GPUs", "$/node-h", "nodes min-max", "status"):
-            table.add_column(col)
+        for col in ("cluster", "pool", "instance", "GPU", "GPUs", "$/node-h", "nodes", "status"):
+            table.add_column(col, overflow="fold")
+        now = RealClock().now()
         for c in cfg.clusters:
             st = store.cluster_status(c.name)
-            status = ("available" if st.available else f"unavailable: {st.message}") + (
-                f" (seen {_ts(st.last_observed_at)})" if st.last_observed_at else " (not observed yet)")
+            status = "ok" if st.available else f"unavailable: {st.message}"
+            if st.last_observed_at is None:
+                status = "not observed yet"
             if isinstance(c, CloudCluster):
                 for p in c.pools:
                     ps = store.pool_status(f"{c.name}/{p.name}")
-                    note = f"; cooling off: {ps.message}" if ps.cooloff_until and ps.cooloff_until > RealClock().now() else ""
-                    table.add_row(c.name, f"{c.cloud.value if hasattr(c.cloud, 'value') else c.cloud} {c.region}",
-                                  f"{p.name} {p.instance_type}{' spot' if p.spot else ''}", p.gpu_type,
+                    cooling = ps.cooloff_until is not None and ps.cooloff_until > now
+                    table.add_row(c.name, p.name, p.instance_type + (" (spot)" if p.spot else ""), p.gpu_type,
                                   f"{p.gpus_per_node}/node", f"{p.price_per_hour:.2f}", f"{p.min_nodes}-{p.max_nodes}",
-                                  status + note)
+                                  f"cooling off: {ps.message}" if cooling else status)
             else:
                 for g in c.node_groups:
-                    table.add_row(c.name, "on-prem", f"{g.count} nodes", g.gpu_type, str(g.count * g.gpus_per_node),
-                                  f"{c.gpu_hour_cost * g.gpus_per_node:.2f}", "-", status)
+                    table.add_row(c.name, "-", "on-prem", g.gpu_type, str(g.count * g.gpus_per_node),
+                                  f"{c.gpu_hour_cost * g.gpus_per_node:.2f}", str(g.count), status)
         out.print(table)
 
 
@@ -347,8 +359,9 @@ def demo(jobs: Annotated[int, typer.Option("--jobs", help="jobs in the burst")] 
     with user_errors():
         cfg = load_config(config or EXAMPLE_CONFIG)
         db = keep or Path(tempfile.mkdtemp(prefix="spillover-demo-")) / "demo.db"
-        if db.exists():
-            db.unlink()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
         onprem = sum(c.total_gpus for c in cfg.clusters if not isinstance(c, CloudCluster))
         out.print(f"[bold]Spillover demo[/bold]: {jobs} jobs arrive over 3 h; {onprem} on-prem GPUs; "
                   f"cloud pools on {', '.join(sorted({str(getattr(c.cloud, 'value', c.cloud)) for c in cfg.clusters if isinstance(c, CloudCluster)}))}; "
@@ -363,21 +376,40 @@ def demo(jobs: Annotated[int, typer.Option("--jobs", help="jobs in the burst")] 
 
             store, result = run_demo(cfg, db, n_jobs=jobs, seed=seed, progress=progress)
         rows = placement_summary(store, cfg)
-        table = Table(title="Where jobs ran and why")
-        for col in ("where", "kind", "jobs", "GPU-h", "avg wait", "why (the longest-waiting job's reason)"):
-            table.add_column(col, overflow="fold")
+        table = Table(title="Where jobs ran")
+        for col in ("where", "kind", "jobs", "GPU-h", "avg wait"):
+            table.add_column(col, justify="right" if col in ("jobs", "GPU-h", "avg wait") else "left")
         for r in rows:
-            table.add_row(r.where, r.kind, str(r.jobs), f"{r.gpu_hours:,.0f}", f"{r.avg_wait_h:.2f} h", r.example_reason)
+            table.add_row(r.where, r.kind, str(r.jobs), f"{r.gpu_hours:,.0f}", f"{r.avg_wait_h:.2f} h")
         out.print(table)
-        print_cost_report(store, "cloud", "table", title="Cost by cloud (cloud node-hours, incl. boot and idle)")
-        pools = [e.message for e in store.events() if e.kind == "scale"]
-        ups = sum(1 for m in pools if "scaled up" in m)
-        downs = sum(1 for m in pools if "scaled down" in m)
+        out.print("[bold]Why[/bold] (for each place, the reason given to the job that waited longest there):")
+        for r in rows:
+            out.print(f"  {r.where}: {r.example_reason}", markup=False, highlight=False)
+        print_cost_report(store, "cloud", "table", title="Cost by cloud (node-hours incl. boot and idle)")
+        scale = [e.message for e in store.events() if e.kind == "scale"]
+        ups = sum(1 for m in scale if "scaled up" in m)
+        downs = sum(1 for m in scale if "scaled down" in m)
+        above = [f"{pid} has {n} (min {m})" for pid, (n, m) in result.pools_at_end.items() if n > m]
         counts = store.count_by_state()
-        out.print(f"{counts.get(JobState.SUCCEEDED, 0)} jobs succeeded in {(result.ended_at - result.started_at) / 3600:.1f} "
-                  f"simulated hours; {ups} scale-ups, {downs} scale-downs, every cloud pool back to its minimum; "
-                  f"{result.solves} solves, {result.solve_s:.1f} s in the solver.")
-        out.print(f"store: {db} — try: spillover describe <job> -c <config with store.url sqlite:///{db}>")
+        out.print(f"{counts.get(JobState.SUCCEEDED, 0)}/{jobs} jobs succeeded in "
+                  f"{(result.ended_at - result.started_at) / 3600:.1f} simulated hours; {ups} scale-ups, "
+                  f"{downs} scale-downs; {result.solves} solves took {result.solve_s:.1f} s.")
+        out.print("Every cloud pool is back at its minimum size." if not above
+                  else f"Pools still above their minimum: {', '.join(above)}")
+        if keep:
+            cfg_path = _write_demo_config(config or EXAMPLE_CONFIG, db)
+            out.print(f"Store kept: try `spillover jobs -c {cfg_path}` or `spillover describe JOB -c {cfg_path}`")
+
+
+def _write_demo_config(source: Path, db: Path) -> Path:
+    """A copy of the demo's config pointing at the kept store, so the other commands can read it."""
+    import yaml
+
+    data = yaml.safe_load(source.read_text())
+    data.setdefault("store", {})["url"] = f"sqlite:///{db.resolve()}"
+    path = db.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ class UnknownJobError(_UnknownName):
     what, listing = "job", "known jobs"
 
 
+class StoreUnavailableError(UserError):
+    """The store named by `store.url` cannot be opened."""
+
+    exit_code = 3
+
+
 # ---- rendering pydantic errors in the user's spelling ----
 
 

@@ -32,10 +32,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from scheduler.errors import UnknownJobError
+from scheduler.errors import StoreUnavailableError, UnknownJobError
 from scheduler.model import JobSpec, JobState
 
 
@@ -227,7 +227,11 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as e:
+            safe = self.engine.url.render_as_string(hide_password=True)
+            raise StoreUnavailableError(f"store.url: cannot open {safe}: {e.orig}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:

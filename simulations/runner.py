@@ -35,6 +35,7 @@ class RunResult:
     solves: int
     solve_s: float
     job_ids: list[str] = field(default_factory=list)
+    pools_at_end: dict[str, tuple[int, int]] = field(default_factory=dict)  # pool id -> (nodes, min nodes)
 
 
 Progress = Callable[[float, int, int], None]  # (simulated seconds so far, jobs finished, jobs submitted)
@@ -81,8 +82,12 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
         # the real loop wakes on its tick grid, so a change is seen at the first tick after it
         grid = start + math.ceil((nxt - start) / tick - 1e-9) * tick
         clock.advance_to(max(grid, now + tick))
+    pools_at_end = {}
+    for name, state in loop.last_states.items():
+        for ps in state.pools:
+            pools_at_end[f"{name}/{ps.name}"] = (ps.nodes, ps.min_nodes)
     return RunResult(started_at=start, ended_at=clock.now(), cycles=cycles, solves=solves, solve_s=solve_s,
-                     job_ids=ids)
+                     job_ids=ids, pools_at_end=pools_at_end)
 
 
 def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], store: Store, config: SpilloverConfig,
