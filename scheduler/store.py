@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -29,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -105,7 +107,7 @@ class LedgerRow(Base):
     cluster: Mapped[str] = mapped_column(String(63))
     cloud: Mapped[str] = mapped_column(String(16))  # aws | gcp | azure | onprem
     region: Mapped[str] = mapped_column(String(32), default="")
-    pool: Mapped[str] = mapped_column(String(63), default="")
+    pool: Mapped[str] = mapped_column(String(128), default="")  # "<cluster>/<pool>"
     instance_type: Mapped[str] = mapped_column(String(63), default="")
     spot: Mapped[bool] = mapped_column(Boolean, default=False)
     node: Mapped[str] = mapped_column(String(128))
@@ -228,7 +230,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            Base.metadata.create_all(self.engine)
+            migrate(self.engine)
         except OperationalError as e:
             safe = self.engine.url.render_as_string(hide_password=True)
             raise StoreUnavailableError(f"store.url: cannot open {safe}: {e.orig}") from None
@@ -484,6 +486,31 @@ class Store:
         q = q.group_by(column).order_by(func.sum(LedgerRow.usd).desc())
         with self.tx() as s:
             return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
+
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a new store is created by the same migrations)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # one migrator at a time when a loop and a CLI open a new store together
+            conn.execute(text("SELECT pg_advisory_xact_lock(7263011)"))
+        elif engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # takes the write lock before reading the revision
+        command.upgrade(alembic_config(conn), "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

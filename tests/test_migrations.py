@@ -1,0 +1,27 @@
+"""The store's schema comes from Alembic migrations, and the models never drift from them."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from scheduler.store import Base, Store
+
+
+def test_a_new_store_is_built_by_the_migrations_and_matches_the_models(store_url):
+    store = Store(store_url)
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert ctx.get_current_revision() is not None
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == [], f"models and migrations differ; add a revision under scheduler/migrations: {diff}"
+
+
+def test_opening_an_existing_store_again_keeps_its_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    Store(url).record_event("note", "hello", now=1.0)
+    again = Store(url)
+    assert [e.message for e in again.events()] == ["hello"]
+    tables = set(inspect(create_engine(url)).get_table_names())
+    assert {"jobs", "events", "actions", "ledger", "alembic_version"} <= tables
