@@ -374,6 +374,11 @@ class BurstPolicy(_Model):
     )
     spot_for_checkpointable: bool = True
     spot_for_non_checkpointable: bool = False
+    onprem_first: bool = Field(
+        default=True,
+        description="use free on-prem capacity before bursting; on-prem gpu_hour_cost then only feeds cost "
+        "reports. false: the solver weighs gpu_hour_cost against cloud prices",
+    )
 
     def allows(self, cloud: Cloud | str, region: str) -> bool:
         return Cloud(cloud) in self.allowed_clouds and (not self.allowed_regions or region in self.allowed_regions)

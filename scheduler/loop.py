@@ -47,6 +47,7 @@ class CycleReport:
     scaled: list[str] = field(default_factory=list)
     finished: int = 0
     solved: bool = False
+    problem: PlacementProblem | None = None
     plan: Plan | None = None
 
 
@@ -88,7 +89,7 @@ class ControlLoop:
                             cooling_pools=self._cooling_pools(now))
             problem, refs = build_problem(self.config, snap)
             plan = self.solver(problem)  # 3. decide
-            report.solved, report.plan = True, plan
+            report.solved, report.problem, report.plan = True, problem, plan
             self._last_solve_at = now
             self._act(plan, refs, {j.id: j for j in pending}, states, report)  # 4. act
             log.info("cycle: %d pending, %d started on-prem, %d burst, %d waiting (%s %s in %.2fs, gap %s)",

@@ -75,7 +75,8 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
                 targets.append(Target(
                     id=tid, kind="onprem", gpu_type=gpu_type, gpus_per_node=gpn,
                     cpu_per_node=max(m.cpu for m in members), memory_gib_per_node=max(m.memory_gib for m in members),
-                    price_per_node_h=cluster.gpu_hour_cost * gpn,
+                    # on-prem first: capacity already paid for is free to the solver, so it always fills first
+                    price_per_node_h=0.0 if policy.onprem_first else cluster.gpu_hour_cost * gpn,
                     nodes=tuple(nodes[m.name] for m in members if m.name in nodes),
                     speed=config.speed(gpu_type),
                     releases=tuple(r for r in _releases(running_by_cluster.get(cluster.name, []), snap.now, config)

@@ -166,3 +166,64 @@ def test_a_restart_after_a_crash_mid_act_dispatches_each_job_exactly_once(world,
     assert sorted(providers["onprem"].created) == sorted(j.id for j in store.jobs())
     assert {j.state for j in store.jobs()} == {JobState.RUNNING}
     assert store.open_actions() == []
+
+
+def _fits_left_on_prem(problem, plan, job) -> bool:
+    """Could `job` still run on an on-prem node after the plan's own on-prem starts took theirs?"""
+    taken: dict[str, list[float]] = {}
+    demands = {j.id: j for j in problem.jobs}
+    for d in plan.decisions:
+        if d.action.value == "start":
+            dj = demands[d.job_id]
+            for n in d.nodes:
+                t = taken.setdefault(n, [0, 0.0, 0.0, 0])
+                t[0] += dj.gpus
+                t[1] += dj.cpu
+                t[2] += dj.memory_gib
+                t[3] += 1
+    for target in problem.targets:
+        if target.kind != "onprem" or (job.gpu_types and target.gpu_type not in job.gpu_types):
+            continue
+        room = 0
+        for node in target.nodes:
+            g, c, m, k = taken.get(node.name, [0, 0.0, 0.0, 0])
+            fits = (node.free_gpus - g >= job.gpus and node.free_cpu - c >= job.cpu - 1e-9
+                    and node.free_memory_gib - m >= job.memory_gib - 1e-9 and node.ready_in_h == 0)
+            if job.nodes > 1:
+                fits = fits and node.idle and k == 0
+            room += fits
+        if room >= job.nodes:
+            return True
+    return False
+
+
+def test_over_a_whole_replay_no_job_bursts_while_on_prem_has_room_for_it(clock, sqlite_url):
+    from config_helpers import example_config
+    from simulations.demo import demo_workload
+
+    config = example_config()
+    store = Store(sqlite_url)
+    checked = []
+
+    def check(report):
+        if report.plan is None:
+            return
+        demands = {j.id: j for j in report.problem.jobs}
+        for d in report.plan.decisions:
+            if d.action.value == "burst":
+                checked.append(d.job_id)
+                assert not _fits_left_on_prem(report.problem, report.plan, demands[d.job_id]), d.reason
+
+    run_simulation(config, demo_workload(config, n_jobs=120, seed=3), store, clock=clock, on_cycle=check)
+    assert len(checked) >= 5  # the replay did exercise bursting
+    assert {j.state for j in store.jobs()} == {JobState.SUCCEEDED}
+
+
+@pytest.mark.parametrize("onprem_first, where", [(True, "onprem"), (False, "aws")])
+def test_onprem_first_uses_paid_for_capacity_unless_told_to_weigh_its_price(world, clock, onprem_first, where):
+    clusters = make_config().model_dump(mode="json", by_alias=True)["clusters"]
+    clusters[0]["gpu_hour_cost"] = 10.0  # $80 per node-hour on-prem, against $22 for the p4d
+    config, store, providers, loop = world(clusters=clusters, policy={"onprem_first": onprem_first})
+    (job,) = submit(store, clock, spec("j", gpus=8, hours=1))
+    loop.run_cycle()
+    assert store.job(job.id).cluster == where
