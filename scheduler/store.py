@@ -196,6 +196,11 @@ class Action:
     status: str
     created_at: float
 
+    @staticmethod
+    def of(row: ActionRow) -> Action:
+        return Action(row.key, row.kind, row.job_id, row.cluster, row.pool, json.loads(row.payload), row.status,
+                      row.created_at)
+
 
 @dataclass(frozen=True)
 class LedgerEntry:
@@ -394,16 +399,14 @@ class Store:
         if kind is not None:
             q = q.where(ActionRow.kind == kind)
         with self.tx() as s:
-            return [Action(r.key, r.kind, r.job_id, r.cluster, r.pool, json.loads(r.payload), r.status,
-                           r.created_at) for r in s.scalars(q.order_by(ActionRow.id))]
+            return [Action.of(r) for r in s.scalars(q.order_by(ActionRow.id))]
 
     def actions(self, job_id: str | None = None) -> list[Action]:
         q = select(ActionRow)
         if job_id is not None:
             q = q.where(ActionRow.job_id == job_id)
         with self.tx() as s:
-            return [Action(r.key, r.kind, r.job_id, r.cluster, r.pool, json.loads(r.payload), r.status,
-                           r.created_at) for r in s.scalars(q.order_by(ActionRow.id))]
+            return [Action.of(r) for r in s.scalars(q.order_by(ActionRow.id))]
 
     # ---- clusters and pools ------------------------------------------------------------------------
 
