@@ -102,6 +102,8 @@ class JobStatus:
     started_at: float | None = None
     finished_at: float | None = None
     message: str = ""
+    unschedulable_since: float | None = None  # pending because no node can take it (not just still booting)
+    queue: str | None = None  # as labelled on the workload, for recovery of jobs the store lost track of
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ class ClusterState:
     nodes: tuple[NodeInfo, ...] = ()
     pools: tuple[PoolState, ...] = ()
     jobs: dict[str, JobStatus] = field(default_factory=dict)
+    # optional signals (e.g. from Prometheus): name -> value for the cluster, and GPU utilization per node
+    signals: dict[str, float] = field(default_factory=dict)
+    gpu_utilization: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # degraded but usable (e.g. Prometheus down): said once per cycle
 
     def pool(self, name: str) -> PoolState | None:
         return next((p for p in self.pools if p.name == name), None)

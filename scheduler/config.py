@@ -126,6 +126,60 @@ class LoopConfig(_Model):
 
     interval_s: PositiveFloat = Field(default=30.0, description="seconds between cycles")
     solver_time_limit_s: PositiveFloat = Field(default=2.0, description="time the solver may take per cycle")
+    unavailable_after: Annotated[int, Field(ge=1)] = Field(
+        default=3, description="failed observations in a row after which a cluster is marked unavailable"
+    )
+    requeue_grace_s: NonNegativeFloat = Field(
+        default=600.0,
+        description="how long an unavailable cluster's jobs stay bound to it before they are requeued (once)",
+    )
+    unschedulable_grace_s: NonNegativeFloat = Field(
+        default=300.0,
+        description="how long a dispatched job may sit unschedulable in its cluster before it is requeued elsewhere",
+    )
+
+
+class KubernetesConfig(_Model):
+    """How to reach a cluster's Kubernetes API and shape the Jobs Spillover creates there."""
+
+    kubeconfig: str | None = Field(default=None, description="kubeconfig path; null: $KUBECONFIG or ~/.kube/config")
+    context: str | None = Field(default=None, description="kubeconfig context; null: the current context")
+    in_cluster: bool = Field(default=False, description="use the pod's service account instead of a kubeconfig")
+    namespace_per_queue: bool = Field(default=True, description="one namespace per queue, created if missing")
+    namespace: DnsLabel = Field(default="spillover", description="the namespace, or the prefix of per-queue ones")
+    gpu_resource: NonEmpty = "nvidia.com/gpu"
+    gpu_product_label: NonEmpty = Field(default="nvidia.com/gpu.product", description="node label with the GPU type")
+    pool_label: str | None = Field(
+        default=None,
+        description="node label naming the node pool, e.g. eks.amazonaws.com/nodegroup, "
+        "cloud.google.com/gke-nodepool, kubernetes.azure.com/agentpool",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="added to every Job's pod template")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="tolerations every Job carries (e.g. for tainted GPU nodes)"
+    )
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = Field(
+        default=86400, description="finished Jobs are removed by Kubernetes after this long"
+    )
+    request_timeout_s: PositiveFloat = 10.0
+
+
+DEFAULT_PROMQL = {
+    "gpu_utilization": "avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL)",
+    "pending_gpu_pods": 'sum(kube_pod_status_phase{phase="Pending"} * on(namespace, pod) group_left() '
+    '(sum by (namespace, pod) (kube_pod_container_resource_requests{resource="nvidia_com_gpu"}) > 0))',
+}
+
+
+class PrometheusConfig(_Model):
+    """Optional utilization and queue signals for one cluster."""
+
+    url: NonEmpty = Field(description="base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
+    timeout_s: PositiveFloat = 5.0
+    queries: dict[NonEmpty, NonEmpty] = Field(
+        default_factory=lambda: dict(DEFAULT_PROMQL),
+        description="signal name -> PromQL; gpu_utilization (per node, %) and pending_gpu_pods are understood",
+    )
 
 
 class PricesConfig(_Model):
@@ -155,6 +209,13 @@ class QueueConfig(_Model):
 Provider = Literal["simulated", "kubernetes"]
 
 
+def _needs_kubernetes_section(cluster: Any) -> Any:
+    if cluster.provider == "kubernetes" and cluster.kubernetes is None:
+        raise ValueError("kubernetes: required with provider: kubernetes (at least {context: NAME} or "
+                         "{in_cluster: true})")
+    return cluster
+
+
 class NodeGroup(_Model):
     """Identical on-prem nodes."""
 
@@ -169,6 +230,8 @@ class OnPremCluster(_Model):
     name: DnsLabel
     kind: Literal[ClusterKind.ONPREM]
     provider: Provider = "simulated"
+    kubernetes: KubernetesConfig | None = Field(default=None, description="required with provider: kubernetes")
+    prometheus: PrometheusConfig | None = None
     gpu_hour_cost: NonNegativeFloat = Field(default=0.0, description="amortized dollars per GPU-hour")
     node_groups: Annotated[list[NodeGroup], Field(min_length=1)]
 
@@ -183,6 +246,10 @@ class OnPremCluster(_Model):
     @property
     def gpu_types(self) -> set[str]:
         return {g.gpu_type for g in self.node_groups}
+
+    @model_validator(mode="after")
+    def _kubernetes_section(self) -> Any:
+        return _needs_kubernetes_section(self)
 
 
 # NodePool fields the catalog supplies, with the Offering attribute each comes from.
@@ -308,6 +375,8 @@ class CloudCluster(_Model):
     name: DnsLabel
     kind: Literal[ClusterKind.CLOUD]
     provider: Provider = "simulated"
+    kubernetes: KubernetesConfig | None = Field(default=None, description="required with provider: kubernetes")
+    prometheus: PrometheusConfig | None = None
     cloud: Cloud
     region: NonEmpty
     pools: Annotated[list[NodePool], Field(min_length=1)]
@@ -342,6 +411,10 @@ class CloudCluster(_Model):
     @property
     def max_gpus(self) -> int:
         return sum(p.gpus_at_max for p in self.pools)
+
+    @model_validator(mode="after")
+    def _kubernetes_section(self) -> Any:
+        return _needs_kubernetes_section(self)
 
 
 Cluster = Annotated[OnPremCluster | CloudCluster, Field(discriminator="kind")]
