@@ -131,6 +131,7 @@ class DispatchRequest:
     spec: JobSpec
     pool: str | None = None  # cloud pool whose nodes the job must run on
     node_hints: tuple[str, ...] = ()  # the solver's binding; a provider may ignore it
+    gpu_type: str | None = None  # the GPU type the solver chose; a provider pins the job to it
 
 
 @runtime_checkable

@@ -88,6 +88,7 @@ class _Job:
     finish_at: float | None = None
     finished_at: float | None = None
     message: str = ""
+    unschedulable_since: float | None = None
 
 
 RuntimeFn = Callable[[str, JobSpec, str], float]  # (job id, spec, gpu type) -> seconds
@@ -119,6 +120,7 @@ class SimulatedCluster:
         # what was created, in order: lets tests prove that no job ever ran twice
         self.created: list[str] = []
         self._specs: dict[str, JobSpec] = {}
+        self._cordoned: set[str] = set()
         if self._state_path and self._state_path.exists():
             self._load()
             return
@@ -205,6 +207,11 @@ class SimulatedCluster:
         times += [j.finish_at for j in self._jobs.values() if j.finish_at is not None and j.finished_at is None]
         return min(times) if times else None
 
+    def cordon(self, node: str) -> None:
+        """Take a node out of scheduling (it keeps what runs on it), as `kubectl cordon` does."""
+        self._cordoned.add(node)
+        self._save()
+
     def inject_async_error(self, error: ProviderError) -> None:
         self._pending_errors.append(error)
 
@@ -271,7 +278,11 @@ class SimulatedCluster:
             spec = self._spec(job)
             chosen = self._fit(job, spec, t)
             if chosen is None:
+                if job.unschedulable_since is None:  # as kube-scheduler marks a pod no node can take now
+                    job.unschedulable_since = t
+                    job.message = "0 nodes available: insufficient resources or no matching node"
                 continue
+            job.unschedulable_since, job.message = None, ""
             for n in chosen:
                 n.used[job.job_id] = [spec.gpus, spec.cpu, spec.memory_gib]
             job.nodes = [n.name for n in chosen]
@@ -289,7 +300,7 @@ class SimulatedCluster:
         allowed = set(spec.gpu_types)
         candidates = [
             n for n in self._nodes.values()
-            if n.ready_at <= t + EPS and (job.pool is None or n.pool == job.pool)
+            if n.ready_at <= t + EPS and n.name not in self._cordoned and (job.pool is None or n.pool == job.pool)
             and (not allowed or n.gpu_type in allowed)
         ]
         # the solver's binding first, then the fullest node that fits (keeps whole nodes free for gangs)
@@ -307,10 +318,11 @@ class SimulatedCluster:
 
     def _node_info(self, n: _Node) -> NodeInfo:
         g, c, m = n.free()
-        ready = n.ready_at <= self._t + EPS
+        ready = n.ready_at <= self._t + EPS and n.name not in self._cordoned
+        booting = n.ready_at > self._t + EPS
         return NodeInfo(name=n.name, gpu_type=n.gpu_type, gpus=n.gpus, cpu=n.cpu, memory_gib=n.memory_gib,
                         free_gpus=int(round(g)), free_cpu=c, free_memory_gib=m, ready=ready, pool=n.pool,
-                        ready_at=None if ready else n.ready_at, jobs=len(n.used))
+                        ready_at=n.ready_at if booting else None, jobs=len(n.used))
 
     def _pool_state(self, p: SimPool) -> PoolState:
         mine = [n for n in self._nodes.values() if n.pool == p.name]
@@ -321,7 +333,8 @@ class SimulatedCluster:
 
     def _status(self, j: _Job) -> JobStatus:
         return JobStatus(job_id=j.job_id, phase=JobPhase(j.phase), nodes=tuple(j.nodes), pool=j.pool,
-                         started_at=j.started_at, finished_at=j.finished_at, message=j.message)
+                         started_at=j.started_at, finished_at=j.finished_at, message=j.message,
+                         unschedulable_since=j.unschedulable_since, queue=j.spec.get("queue"))
 
     # ---- persistence ---------------------------------------------------------------------------
 
@@ -330,6 +343,7 @@ class SimulatedCluster:
             return
         data = {
             "t": self._t, "seq": self._seq, "desired": self._desired, "created": self.created,
+            "cordoned": sorted(self._cordoned),
             "nodes": [asdict(n) for n in self._nodes.values()],
             "jobs": [asdict(j) for j in self._jobs.values()],
         }
@@ -347,5 +361,6 @@ class SimulatedCluster:
         self._seq = data["seq"]
         self._desired = {p: data["desired"].get(p, self._pools[p].min_nodes) for p in self._pools}
         self.created = list(data["created"])
+        self._cordoned = set(data.get("cordoned", ()))
         self._nodes = {n["name"]: _Node(**n) for n in data["nodes"]}
         self._jobs = {j["job_id"]: _Job(**j) for j in data["jobs"]}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import placement
 from placement import Action as Decide
 from placement import Plan, PlacementProblem
-from providers.contract import ClusterProvider, ClusterState, DispatchRequest, ErrorKind, JobPhase, ProviderError
+from providers.contract import (ClusterProvider, ClusterState, DispatchRequest, ErrorKind, JobPhase, JobStatus,
+                                ProviderError)
 from scheduler.clock import Clock
 from scheduler.config import CloudCluster, SpilloverConfig
 from scheduler.costs import ledger_entries
@@ -33,6 +34,8 @@ FINAL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.I
 POOL_COOLOFF_S = 900.0
 # Re-plan at least this often while jobs wait, even when nothing changed.
 RESOLVE_EVERY_S = 300.0
+# A job that sat unschedulable in a cluster is not sent back there for this long.
+AVOID_AFTER_UNSCHEDULABLE_S = 3600.0
 
 
 @dataclass
@@ -54,13 +57,13 @@ class CycleReport:
 class ControlLoop:
     def __init__(self, config: SpilloverConfig, store: Store, providers: dict[str, ClusterProvider],
                  clock: Clock, *, solver: Callable[[PlacementProblem], Plan] = placement.solve,
-                 unavailable_after: int = 3, crash_hook: Callable[[str], None] | None = None) -> None:
+                 unavailable_after: int | None = None, crash_hook: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.providers = providers
         self.clock = clock
         self.solver = solver
-        self.unavailable_after = unavailable_after
+        self.unavailable_after = unavailable_after or config.loop.unavailable_after
         # lets crash tests stop the process at a named point between writing an intent and acting on it
         self._crash_hook = crash_hook or (lambda _point: None)
         self._dirty = True
@@ -68,6 +71,9 @@ class ControlLoop:
         self._wait_signature: dict[str, tuple] = {}
         self.last_states: dict[str, ClusterState] = {}
         self._accrued_until: dict[str, float | None] = {}
+        # job id -> {cluster: until}: clusters a job must not go back to for a while (it was unschedulable there)
+        self._avoid: dict[str, dict[str, float]] = {}
+        self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
         self._pool_status: dict = {}
 
     # ---- the cycle -------------------------------------------------------------------------------
@@ -78,6 +84,7 @@ class ControlLoop:
         self._pool_status = self.store.pool_statuses()
         states = self._observe(report)  # 1. observe
         self._sync(states, report)  # 2. sync
+        self._requeue_from_unavailable()
         self._repair_open_actions(states)  # performs what a crash or a failed call left intended
         self._cancel_requested(states)
         pending = self.store.jobs([JobState.PENDING])
@@ -86,7 +93,7 @@ class ControlLoop:
         if pending and (self._dirty or now - self._last_solve_at >= RESOLVE_EVERY_S):
             active = self.store.jobs(ACTIVE)
             snap = Snapshot(now=now, states=states, pending=pending, active=active,
-                            cooling_pools=self._cooling_pools(now))
+                            cooling_pools=self._cooling_pools(now), avoid=self._avoid_now(now))
             problem, refs = build_problem(self.config, snap)
             plan = self.solver(problem)  # 3. decide
             report.solved, report.problem, report.plan = True, problem, plan
@@ -124,6 +131,7 @@ class ControlLoop:
                 report.unreachable.append(name)
                 if status.available and status.failures >= self.unavailable_after:
                     status.available = False
+                    status.unavailable_since = self.clock.now()
                     status.message = str(e)
                     self.store.record_event("cluster", f"{name} marked unavailable after {status.failures} "
                                             f"failed observations: {e}", now=self.clock.now(), cluster=name)
@@ -136,7 +144,10 @@ class ControlLoop:
                 self._dirty = True
             if status.failures or not status.available:
                 status.failures, status.available, status.message = 0, True, ""
+                status.unavailable_since = None
                 self.store.save_cluster_status(status)
+            for warning in state.warnings:
+                self._say_once(name, warning, kind="warning")
             self._accrued_until[name] = status.accrued_until
             for err in errors:
                 self._on_async_error(name, err)
@@ -168,7 +179,11 @@ class ControlLoop:
                     if self._requeue(job, now):
                         self._dirty = True
                 continue  # DISPATCHING and absent: the open dispatch action is performed below
-            if status.phase == JobPhase.PENDING and job.state == JobState.DISPATCHING:
+            if (status.phase == JobPhase.PENDING and job.state == JobState.DISPATCHED
+                    and status.unschedulable_since is not None
+                    and now - status.unschedulable_since >= self._unschedulable_grace(job)):
+                self._requeue_unschedulable(job, status.message, now - status.unschedulable_since, now)
+            elif status.phase == JobPhase.PENDING and job.state == JobState.DISPATCHING:
                 self._confirm_dispatch(job, now)
             elif status.phase == JobPhase.RUNNING and job.state in (JobState.DISPATCHING, JobState.DISPATCHED):
                 gpu_type = _gpu_type_of(state, status.nodes)
@@ -190,6 +205,7 @@ class ControlLoop:
                                                                                if status.message else ""),
                              finished_at=status.finished_at or now)
                 report.finished += 1
+        self._adopt_or_flag(states, now)
         self._accrue(states)
 
     def _confirm_dispatch(self, job: Job, now: float) -> None:
@@ -228,6 +244,109 @@ class ControlLoop:
             for name, (until, _) in accruals.items():
                 self._accrued_until[name] = until
 
+    def _unschedulable_grace(self, job: Job) -> float:
+        """Pods wait for a booting node as unschedulable too, so a pool's boot time is added to the grace."""
+        grace = self.config.loop.unschedulable_grace_s
+        cluster = self.config.cluster(job.cluster or "")
+        if job.pool and isinstance(cluster, CloudCluster):
+            grace += next((p.provisioning_delay_s for p in cluster.pools if p.name == job.pool), 0.0)
+        return grace
+
+    def _requeue_unschedulable(self, job: Job, message: str, for_s: float, now: float) -> None:
+        """A job no node of its cluster can take goes back to the solver, which will not send it there again soon."""
+        with self.store.tx() as s:
+            moved = self.store.transition(
+                job.id, [JobState.DISPATCHED], JobState.PENDING, now=now, s=s,
+                message=f"unschedulable on {job.cluster} for {for_s / 60:.0f} min ({message or 'no node fits'}); "
+                        "removed there and requeued",
+                cluster=None, pool=None, gpu_type=None, dispatched_at=None)
+            if moved:
+                self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=job.cluster or "",
+                                  job_id=job.id, now=now, s=s)
+        if moved:
+            self._avoid.setdefault(job.id, {})[job.cluster or ""] = now + AVOID_AFTER_UNSCHEDULABLE_S
+            self._dirty = True
+
+    def _requeue_from_unavailable(self) -> None:
+        """Jobs of a cluster unavailable for longer than the grace go back to the queue, once.
+
+        Their copy in that cluster is cancelled by an action that stays open until the cluster answers again;
+        until then the solver does not place the job there.
+        """
+        now = self.clock.now()
+        grace = self.config.loop.requeue_grace_s
+        for name, status in self.store.cluster_statuses().items():
+            if status.available or status.unavailable_since is None or now - status.unavailable_since < grace:
+                continue
+            for job in self.store.jobs(ACTIVE):
+                if job.cluster != name:
+                    continue
+                with self.store.tx() as s:
+                    if job.state == JobState.CANCELLING:
+                        moved = self.store.transition(job.id, [JobState.CANCELLING], JobState.CANCELLED, now=now, s=s,
+                                                      finished_at=now, message=f"cancelled; {name} is unavailable, "
+                                                      "its copy there is removed when it answers again")
+                    else:
+                        moved = self.store.transition(
+                            job.id, [job.state], JobState.PENDING, now=now, s=s, kind="requeued",
+                            message=f"{name} unavailable for {(now - status.unavailable_since) / 60:.0f} min; "
+                                    f"requeued (its copy there is removed when {name} answers again)",
+                            cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None)
+                    if moved:
+                        self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=name,
+                                          job_id=job.id, now=now, s=s)
+                if moved:
+                    self._dirty = True
+
+    def _adopt_or_flag(self, states: dict[str, ClusterState], now: float) -> None:
+        """Reconcile what clusters run with what the store expects: adopt, never start a second copy."""
+        unexpected: dict[str, list[tuple[str, JobStatus]]] = {}
+        expected = {(j.cluster, j.id) for j in self.store.jobs(ACTIVE)}
+        for name, state in states.items():
+            for jid, status in state.jobs.items():
+                if (name, jid) not in expected and status.phase in (JobPhase.PENDING, JobPhase.RUNNING):
+                    unexpected.setdefault(jid, []).append((name, status))
+        if not unexpected:
+            return
+        stale = {(a.cluster, a.job_id) for a in self.store.open_actions("cancel")}
+        known = self.store.jobs_by_ids(unexpected)
+        for jid, where in unexpected.items():
+            for name, status in where:
+                if (name, jid) in stale:
+                    continue  # a stale copy about to be removed
+                job = known.get(jid)
+                if job is not None and job.state == JobState.PENDING:
+                    to = JobState.RUNNING if status.phase == JobPhase.RUNNING else JobState.DISPATCHED
+                    if self.store.transition(job.id, [JobState.PENDING], to, now=now, kind="adopted",
+                                             message=f"found in {name}; adopted instead of starting a second copy",
+                                             cluster=name, pool=status.pool, started_at=status.started_at,
+                                             gpu_type=_gpu_type_of(states[name], status.nodes)):
+                        self._dirty = True
+                    break
+                what = "unknown to the store" if job is None else f"{job.state.value} in the store"
+                self._say_once(name, f"{name} runs Spillover job {jid}, which is {what}; left alone",
+                               kind="orphan")
+
+    def _say_once(self, cluster: str, message: str, *, kind: str) -> None:
+        if (cluster, message) in self._said:
+            return
+        self._said.add((cluster, message))
+        log.warning("%s: %s", cluster, message)
+        self.store.record_event(kind, message, now=self.clock.now(), cluster=cluster)
+
+    def _avoid_now(self, now: float) -> dict[str, set[str]]:
+        out = {}
+        for jid, clusters in list(self._avoid.items()):
+            live = {c for c, until in clusters.items() if until > now}
+            if live:
+                out[jid] = live
+            else:
+                del self._avoid[jid]
+        for a in self.store.open_actions("cancel"):
+            if a.job_id and a.key.startswith("cancel-stale:"):
+                out.setdefault(a.job_id, set()).add(a.cluster)
+        return out
+
     # ---- repair ----------------------------------------------------------------------------------
 
     def _repair_open_actions(self, states: dict[str, ClusterState]) -> None:
@@ -244,7 +363,8 @@ class ControlLoop:
                 if action.job_id in states[action.cluster].jobs:
                     self._confirm_dispatch(job, now)  # it got there before the crash: adopt it
                     continue
-                self._perform_dispatch(job, provider, action.key, tuple(action.payload.get("nodes", ())))
+                self._perform_dispatch(job, provider, action.key, tuple(action.payload.get("nodes", ())),
+                                       action.payload.get("gpu_type"))
             elif action.kind == "cancel":
                 self._perform(action.key, lambda p=provider, a=action: p.cancel(a.job_id or "", a.key))
             elif action.kind == "scale":
@@ -262,8 +382,10 @@ class ControlLoop:
         self.store.finish_action(key, now=self.clock.now())
         return None
 
-    def _perform_dispatch(self, job: Job, provider: ClusterProvider, key: str, hints: tuple[str, ...]) -> None:
-        req = DispatchRequest(job_id=job.id, request_id=key, spec=job.spec, pool=job.pool, node_hints=hints)
+    def _perform_dispatch(self, job: Job, provider: ClusterProvider, key: str, hints: tuple[str, ...],
+                          gpu_type: str | None = None) -> None:
+        req = DispatchRequest(job_id=job.id, request_id=key, spec=job.spec, pool=job.pool, node_hints=hints,
+                              gpu_type=gpu_type)
         def call() -> None:
             provider.dispatch(req)
             self._crash_hook("after-dispatch")
@@ -297,7 +419,7 @@ class ControlLoop:
              states: dict[str, ClusterState], report: CycleReport) -> None:
         now = self.clock.now()
         scales: list[tuple[str, str, int, str]] = []
-        dispatches: list[tuple[Job, str, tuple[str, ...]]] = []
+        dispatches: list[tuple[Job, str, tuple[str, ...], str]] = []
         reasons: dict[str, tuple[str, bool]] = {}
         with self.store.tx() as s:  # every intent of this cycle is written before anything is done
             for target_id, add in plan.new_nodes.items():
@@ -329,9 +451,10 @@ class ControlLoop:
                 if not moved:
                     continue  # cancelled meanwhile
                 self.store.intend("dispatch", key, cluster=ref.cluster, job_id=job.id, pool=ref.pool, now=now,
-                                  payload={"nodes": list(d.nodes), "target": d.target}, s=s)
+                                  payload={"nodes": list(d.nodes), "target": d.target, "gpu_type": ref.gpu_type},
+                                  s=s)
                 self._wait_signature.pop(job.id, None)
-                dispatches.append((job, ref.cluster, d.nodes))
+                dispatches.append((job, ref.cluster, d.nodes, ref.gpu_type))
                 if d.action == Decide.BURST:
                     report.burst += 1
                 else:
@@ -347,9 +470,9 @@ class ControlLoop:
                                         now=now, cluster=cluster)
             elif err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA):
                 self._cool_pool(f"{cluster}/{pool}", now, str(err))
-        for job, cluster, hints in dispatches:
+        for job, cluster, hints, gpu_type in dispatches:
             fresh = self.store.job(job.id)
-            self._perform_dispatch(fresh, self.providers[cluster], fresh.dispatch_key, hints)
+            self._perform_dispatch(fresh, self.providers[cluster], fresh.dispatch_key, hints, gpu_type)
 
     # ---- scale-down and pool health --------------------------------------------------------------
 

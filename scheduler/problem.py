@@ -40,6 +40,7 @@ class Snapshot:
     pending: list[Job]
     active: list[Job]
     cooling_pools: set[str] = field(default_factory=set)  # pool ids ("cluster/pool") not to be used now
+    avoid: dict[str, set[str]] = field(default_factory=dict)  # job id -> clusters it must not go to now
 
 
 def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementProblem, dict[str, TargetRef]]:
@@ -116,6 +117,8 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
             gpu_types=frozenset(j.spec.gpu_types), runtime_h=j.spec.estimated_runtime_s / 3600.0,
             value_of_time=config.value_of_time(j.queue), priority=j.priority,
             checkpointable=j.spec.checkpointable, waited_h=max(0.0, snap.now - j.submitted_at) / 3600.0,
+            allowed_targets=(frozenset(t for t, ref in refs.items() if ref.cluster not in snap.avoid[j.id])
+                             if j.id in snap.avoid else None),
         )
         for j in snap.pending
     )

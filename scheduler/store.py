@@ -124,6 +124,7 @@ class ClusterStatusRow(Base):
     cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed observations
+    unavailable_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_observed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     accrued_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
