@@ -244,6 +244,7 @@ def clusters(config: ConfigOpt = None) -> None:
             status = "ok" if st.available else f"unavailable: {st.message}"
             if st.last_observed_at is None:
                 status = "not observed yet"
+            status += _signals_text(st.signals)
             if isinstance(c, CloudCluster):
                 for p in c.pools:
                     ps = store.pool_status(f"{c.name}/{p.name}")
@@ -256,6 +257,20 @@ def clusters(config: ConfigOpt = None) -> None:
                     table.add_row(c.name, "-", "on-prem", g.gpu_type, str(g.count * g.gpus_per_node),
                                   f"{c.gpu_hour_cost * g.gpus_per_node:.2f}", str(g.count), status)
         out.print(table)
+
+
+def _signals_text(raw: str | None) -> str:
+    signals = json.loads(raw or "{}")
+    parts = []
+    if "gpu_utilization_avg" in signals:
+        parts.append(f"GPU util {signals['gpu_utilization_avg']:.0f}%")
+    if "pending_gpu_pods" in signals:
+        parts.append(f"{signals['pending_gpu_pods']:.0f} pending GPU pods")
+    if signals.get("idle_allocated_gpus"):
+        parts.append(f"{signals['idle_allocated_gpus']:.0f} GPUs allocated but idle")
+    parts += [f"{k} {v:g}" for k, v in signals.items()
+              if k not in ("gpu_utilization_avg", "pending_gpu_pods", "idle_allocated_gpus")]
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 @app.command("cost-report")

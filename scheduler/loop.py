@@ -8,6 +8,7 @@ a job is never dispatched twice and a crash loses nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -148,6 +149,10 @@ class ControlLoop:
                 self.store.save_cluster_status(status)
             for warning in state.warnings:
                 self._say_once(name, warning, kind="warning")
+            signals = json.dumps(summarize_signals(state), sort_keys=True)
+            if signals != status.signals:
+                status.signals = signals
+                self.store.save_cluster_status(status)
             self._accrued_until[name] = status.accrued_until
             for err in errors:
                 self._on_async_error(name, err)
@@ -546,6 +551,21 @@ class ControlLoop:
     def next_wakeup(self) -> float | None:
         """The earliest time something the loop waits for happens on its own (for the simulator)."""
         return None
+
+
+# A GPU allocated to a pod but busier than this is not idle.
+IDLE_UTILIZATION_PCT = 5.0
+
+
+def summarize_signals(state: ClusterState) -> dict[str, float]:
+    """The cluster's signals plus what follows from them: mean GPU utilization, GPUs allocated but idle."""
+    out = dict(state.signals)
+    if state.gpu_utilization:
+        out["gpu_utilization_avg"] = sum(state.gpu_utilization.values()) / len(state.gpu_utilization)
+        allocated = {n.name: n.gpus - n.free_gpus for n in state.nodes}
+        out["idle_allocated_gpus"] = float(sum(
+            allocated.get(node, 0) for node, util in state.gpu_utilization.items() if util < IDLE_UTILIZATION_PCT))
+    return out
 
 
 def _gpu_type_of(state: ClusterState, nodes: tuple[str, ...]) -> str | None:

@@ -125,6 +125,7 @@ class ClusterStatusRow(Base):
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed observations
     unavailable_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signals: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # the last observation's signals, JSON
     last_observed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     accrued_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")

@@ -25,3 +25,20 @@ def test_opening_an_existing_store_again_keeps_its_data(tmp_path):
     assert [e.message for e in again.events()] == ["hello"]
     tables = set(inspect(create_engine(url)).get_table_names())
     assert {"jobs", "events", "actions", "ledger", "alembic_version"} <= tables
+
+
+def test_a_store_made_by_an_older_version_is_upgraded_in_place(tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    from scheduler.store import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        conn.execute(text("INSERT INTO cluster_status (cluster, available, failures, message) "
+                          "VALUES ('onprem', 1, 0, '')"))
+    store = Store(url)
+    row = store.cluster_status("onprem")
+    assert row.unavailable_since is None and row.signals == "{}"
