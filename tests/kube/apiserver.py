@@ -1,0 +1,934 @@
+"""A stateful Kubernetes API server on 127.0.0.1 that the official client talks to: real paths, list/watch, errors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import json
+import socket
+import threading
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .controller import Controller
+from .matching import SelectorError, parse_field_selector, parse_label_selector
+from .objects import (
+    admit_pod,
+    check_job,
+    check_metadata,
+    check_pod_spec,
+    default_job,
+    default_namespace,
+    default_node,
+    default_pod_spec,
+    node_object,
+    random_suffix,
+    strip_server_fields,
+)
+from .store import RESOURCES, Expired, Store, clone, now_rfc3339
+
+__all__ = ["FakeKube", "ApiError"]
+
+VERSION = {
+    "major": "1", "minor": "31", "gitVersion": "v1.31.0", "gitCommit": "0" * 40, "gitTreeState": "clean",
+    "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5", "compiler": "gc", "platform": "linux/amd64",
+}
+_VERBS = {"nodes": ["create", "delete", "get", "list", "patch", "watch"],
+          "namespaces": ["create", "delete", "get", "list", "patch", "watch"],
+          "pods": ["create", "delete", "get", "list", "patch", "watch"],
+          "jobs": ["create", "delete", "get", "list", "patch", "watch"]}
+
+
+_SERVER_TOKEN = object()
+
+
+class ApiError(Exception):
+    """A failure the server answers with a Status body and the matching HTTP code."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+        self.headers = headers or {}
+
+    def status(self) -> dict:
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message,
+                "reason": self.reason, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def _qualified(resource: str) -> str:
+    group = RESOURCES[resource]["group"]
+    return f"{resource}.{group}" if group else resource
+
+
+def _details(resource: str, name: str | None) -> dict:
+    details = {"kind": resource}
+    if name:
+        details["name"] = name
+    if RESOURCES[resource]["group"]:
+        details["group"] = RESOURCES[resource]["group"]
+    return details
+
+
+def not_found(resource: str, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{_qualified(resource)} "{name}" not found', _details(resource, name))
+
+
+def _invalid(resource: str, name: str, problems: list[tuple[str, str]]) -> ApiError:
+    kind = RESOURCES[resource]["kind"]
+    group = RESOURCES[resource]["group"]
+    what = f"{kind}.{group}" if group else kind
+    causes = []
+    for field, message in problems:
+        cause = ("FieldValueRequired" if message.startswith("Required") else
+                 "FieldValueNotSupported" if message.startswith("Unsupported") else "FieldValueInvalid")
+        causes.append({"reason": cause, "message": message, "field": field})
+    listed = [f"{f}: {m}" for f, m in problems]
+    text = listed[0] if len(listed) == 1 else "[" + ", ".join(listed) + "]"
+    details = {"name": name or "", "kind": kind, "causes": causes}
+    if group:
+        details["group"] = group
+    return ApiError(422, "Invalid", f'{what} "{name}" is invalid: {text}', details)
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 merge patch (strategic merge is treated the same: lists are replaced, not merged by key)."""
+    if not isinstance(patch, dict):
+        return clone(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _json_patch(doc: Any, ops: list) -> Any:
+    doc = clone(doc)
+    for op in ops:
+        if not isinstance(op, dict) or "op" not in op or "path" not in op:
+            raise _bad_request("json patch: every operation needs 'op' and 'path'")
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        if not parts:
+            raise _bad_request("json patch: the root cannot be patched")
+        parent = doc
+        try:
+            for p in parts[:-1]:
+                parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ApiError(422, "Invalid", f"json patch: path {op['path']} does not exist") from None
+        last, kind = parts[-1], op["op"]
+        try:
+            if kind == "test":
+                have = parent[int(last)] if isinstance(parent, list) else parent[last]
+                if have != op.get("value"):
+                    raise ApiError(422, "Invalid", f"json patch: test failed at {op['path']}")
+            elif kind in ("add", "replace"):
+                if isinstance(parent, list):
+                    if last == "-":
+                        parent.append(op.get("value"))
+                    elif kind == "add":
+                        parent.insert(int(last), op.get("value"))
+                    else:
+                        parent[int(last)] = op.get("value")
+                else:
+                    if kind == "replace" and last not in parent:
+                        raise KeyError(last)
+                    parent[last] = op.get("value")
+            elif kind == "remove":
+                if isinstance(parent, list):
+                    del parent[int(last)]
+                else:
+                    del parent[last]
+            else:
+                raise ApiError(422, "Invalid", f"json patch: unsupported operation {kind!r}")
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ApiError(422, "Invalid", f"json patch: path {op['path']} does not exist") from None
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], kube: "FakeKube"):
+        self.kube = kube
+        self.closed = False
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = kube._lock
+        super().__init__(address, _Handler)
+
+    def drop_connections(self) -> None:
+        # Idle keep-alive connections would otherwise still be answered by a server that has "gone away".
+        with self.connections_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.connections.discard(self.connection)
+
+    def handle_one_request(self) -> None:
+        if self.server.closed:
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _dispatch(self) -> None:
+        try:
+            self.server.kube._handle(self)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+        except Exception:  # a server bug: answer 500 and keep the traceback where tests look for it
+            self.server.kube._record_error(traceback.format_exc())
+            self.close_connection = True
+            try:
+                self.send_json(500, ApiError(500, "InternalError", "internal error in the fake API server").status())
+            except OSError:
+                pass
+
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
+
+    def send_body(self, code: int, body: bytes, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_body(code, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
+
+
+class _Route:
+    def __init__(self, resource: str | None, namespace: str | None = None, name: str | None = None,
+                 special: str | None = None):
+        self.resource, self.namespace, self.name, self.special = resource, namespace, name, special
+
+
+def _route(path: str) -> _Route | None:
+    parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+    if parts and parts[-1] == "status" and len(parts) >= 4 and parts[-3] in ("pods", "jobs", "nodes"):
+        parts = parts[:-1]  # GET on the status subresource returns the whole object, as the real one does
+    n = len(parts)
+    if n == 1 and parts[0] in ("version", "api", "apis", "healthz", "livez", "readyz"):
+        return _Route(None, special=parts[0])
+    if parts[:2] == ["api", "v1"]:
+        rest = parts[2:]
+        if not rest:
+            return _Route(None, special="api/v1")
+        if rest[0] in ("nodes", "namespaces", "pods") and len(rest) <= 2:
+            if rest[0] == "pods" and len(rest) == 2:
+                return None
+            return _Route(rest[0], None, rest[1] if len(rest) == 2 else None)
+        if rest[0] == "namespaces" and len(rest) in (3, 4) and rest[2] == "pods":
+            return _Route("pods", rest[1], rest[3] if len(rest) == 4 else None)
+        return None
+    if parts[:1] == ["apis"] and n >= 2 and parts[1] == "batch":
+        rest = parts[2:]
+        if not rest:
+            return _Route(None, special="apis/batch")
+        if rest[0] != "v1":
+            return None
+        rest = rest[1:]
+        if not rest:
+            return _Route(None, special="apis/batch/v1")
+        if rest == ["jobs"]:
+            return _Route("jobs")
+        if rest[0] == "namespaces" and len(rest) in (3, 4) and rest[2] == "jobs":
+            return _Route("jobs", rest[1], rest[3] if len(rest) == 4 else None)
+    return None
+
+
+def _encode_continue(token: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": token, "o": offset}).encode()).decode()
+
+
+def _decode_continue(value: str) -> tuple[str, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(value.encode()))
+        return str(data["s"]), int(data["o"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise _bad_request("continue key is not valid: incorrect encoded start resourceVersion") from None
+
+
+class FakeKube:
+    """A cluster you can point the official `kubernetes` client at.
+
+    Objects live in memory under one lock; one resourceVersion counter orders every write, and a bounded
+    history of events serves watches. A controller thread schedules pods onto nodes, runs them for the time
+    their `spillover/estimated-runtime-s` annotation says (times `time_scale`), and drives Jobs.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, time_scale: float = 1.0, history: int = 2000,
+                 token: str | None = "test-token", watch_timeout: float = 30.0):
+        self.host = host
+        self._port = port
+        self.time_scale = time_scale
+        self.token = token
+        self.watch_timeout = watch_timeout
+        self._store = Store(history)
+        self._lock = self._store.lock
+        self._controller = Controller(self._store, time_scale)
+        self._httpd: _Server | None = None
+        self._serve_thread: threading.Thread | None = None
+        self._node_ips = 0
+        self._forbidden: set[tuple[str, str]] = set()
+        self._injected: list[list] = []  # [verb, resource, code, remaining]
+        self.requests: collections.Counter = collections.Counter()
+        self.verbs: collections.Counter = collections.Counter()
+        with self._lock:
+            for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+                self._add_namespace_locked(ns, None)
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self) -> "FakeKube":
+        if self._httpd is not None:
+            return self
+        httpd = _Server((self.host, self._port), self)
+        self._port = httpd.server_address[1]
+        self._httpd = httpd
+        self._serve_thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                              name=f"fake-kube-{self._port}", daemon=True)
+        self._serve_thread.start()
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering (connection refused); the cluster itself keeps running its pods meanwhile."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        with self._lock:
+            httpd.closed = True
+            self._store.changed.notify_all()
+        httpd.shutdown()
+        httpd.server_close()
+        httpd.drop_connections()
+        if self._serve_thread is not None:
+            self._serve_thread.join(timeout=5)
+
+    def close(self) -> None:
+        """Stop the API and the controller for good."""
+        self.stop()
+        self._controller.close()
+
+    def __enter__(self) -> "FakeKube":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Block until the controller has caught up with every change so far (not with timers still running)."""
+        return self._controller.settle(timeout)
+
+    @property
+    def errors(self) -> list[str]:
+        """Tracebacks from the controller thread and request handlers; a test should see none."""
+        with self._lock:
+            return list(self._controller.errors)
+
+    def _record_error(self, text: str) -> None:
+        with self._lock:
+            self._controller.errors.append(text)
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._store.rv
+
+    # ------------------------------------------------------------------------------------------------ clients
+
+    def api_client(self, *, token: Any = _SERVER_TOKEN):
+        """An ApiClient for this server; `token=None` (or another string) to test authentication."""
+        import kubernetes  # only here, so that the server itself needs nothing but the stdlib
+
+        token = self.token if token is _SERVER_TOKEN else token
+        cfg = kubernetes.client.Configuration(host=self.url,
+                                              api_key={"authorization": f"Bearer {token}"} if token else {})
+        return kubernetes.client.ApiClient(cfg)
+
+    def write_kubeconfig(self, path, context: str) -> Path:
+        path = Path(path)
+        data: dict = {}
+        if path.exists() and path.read_text().strip():
+            text = path.read_text()
+            try:
+                data = json.loads(text)
+            except ValueError:
+                import yaml  # a kubeconfig someone else wrote; the kubernetes client depends on PyYAML anyway
+
+                data = yaml.safe_load(text) or {}
+        data.setdefault("apiVersion", "v1")
+        data.setdefault("kind", "Config")
+        data.setdefault("preferences", {})
+
+        def upsert(section: str, entry: dict) -> None:
+            items = [e for e in data.get(section) or [] if e.get("name") != entry["name"]]
+            items.append(entry)
+            data[section] = items
+
+        upsert("clusters", {"name": context, "cluster": {"server": self.url}})
+        upsert("users", {"name": context, "user": {"token": self.token} if self.token else {}})
+        upsert("contexts", {"name": context, "context": {"cluster": context, "user": context}})
+        data["current-context"] = context
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # JSON is YAML, so every kubeconfig reader accepts it.
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------------------------------------ test controls
+
+    def add_node(self, name: str, *, gpus: int = 8, gpu_product: str = "A100", cpu: Any = 96, memory_gib: Any = 1024,
+                 labels: dict | None = None, taints: Any = None, ready: bool = True,
+                 unschedulable: bool = False) -> None:
+        with self._lock:
+            if self._store.get("nodes", ("", name)) is not None:
+                raise ValueError(f"node {name!r} exists")
+            node = node_object(name, gpus=gpus, gpu_product=gpu_product, cpu=cpu, memory_gib=memory_gib,
+                               labels=labels, taints=taints, ready=ready, unschedulable=unschedulable,
+                               ip=self._next_node_ip(), ts=now_rfc3339())
+            self._store.create("nodes", node)
+
+    def remove_node(self, name: str) -> None:
+        with self._lock:
+            if self._store.delete("nodes", ("", name)) is None:
+                raise KeyError(name)
+            self._controller.node_lost(name, removed=True)
+
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        with self._lock:
+            self._controller.set_node_ready(name, ready)
+
+    def cordon(self, name: str, unschedulable: bool = True) -> None:
+        with self._lock:
+            if self._store.get("nodes", ("", name)) is None:
+                raise KeyError(name)
+
+            def change(n: dict) -> None:
+                if unschedulable:
+                    n["spec"]["unschedulable"] = True
+                else:
+                    n["spec"].pop("unschedulable", None)
+
+            self._store.mutate("nodes", ("", name), change, spec_change=True)
+
+    def add_namespace(self, name: str, labels: dict | None = None) -> None:
+        with self._lock:
+            if self._store.get("namespaces", ("", name)) is not None:
+                raise ValueError(f"namespace {name!r} exists")
+            self._add_namespace_locked(name, labels)
+
+    def objects(self, kind: str, namespace: str | None = None) -> list[dict]:
+        if kind not in RESOURCES:
+            raise ValueError(f"unknown kind {kind!r}; one of {sorted(RESOURCES)}")
+        with self._lock:
+            items = [o for k, o in sorted(self._store.objects[kind].items()) if namespace is None or k[0] == namespace]
+            return clone(items)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            if self._controller.delete_pod((namespace, name)) is None:
+                raise KeyError(f"{namespace}/{name}")
+
+    def fail_pod(self, namespace: str, name: str, *, reason: str = "Error", message: str = "container failed",
+                 exit_code: int = 1) -> None:
+        """The pod's containers exit with `exit_code` now (an OOM, a crash)."""
+        with self._lock:
+            if self._store.get("pods", (namespace, name)) is None:
+                raise KeyError(f"{namespace}/{name}")
+            self._controller.fail_pod((namespace, name), reason=reason, message=message, code=exit_code)
+
+    def compact(self) -> None:
+        with self._lock:
+            self._store.compact()
+
+    def forbid(self, verb: str, resource: str) -> None:
+        """Answer this verb on this resource with 403, as RBAC would without the permission."""
+        with self._lock:
+            self._forbidden.add((verb, resource))
+
+    def allow(self, verb: str, resource: str) -> None:
+        with self._lock:
+            self._forbidden.discard((verb, resource))
+
+    def inject_error(self, verb: str, resource: str, *, code: int = 500, times: int = 1) -> None:
+        """The next `times` requests for verb on resource fail with `code` (500, 429 with Retry-After, 503...)."""
+        with self._lock:
+            self._injected.append([verb, resource, code, times])
+
+    # ------------------------------------------------------------------------------------------------ internals
+
+    def _next_node_ip(self) -> str:
+        self._node_ips += 1
+        return f"10.0.{(self._node_ips >> 8) & 255}.{self._node_ips & 255}"
+
+    def _add_namespace_locked(self, name: str, labels: dict | None) -> dict:
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+        default_namespace(ns)
+        return self._store.create("namespaces", ns)
+
+    def _handle(self, h: _Handler) -> None:
+        method = h.command
+        url = urlsplit(h.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        route = _route(url.path)
+        resource = route.resource if route else None
+        watching = method == "GET" and query.get("watch", "").lower() in ("true", "1")
+        verb = self._verb(method, route, watching)
+        with self._lock:
+            self.requests[(method, resource or ("discovery" if route else "unknown"))] += 1
+            if resource:
+                self.verbs[(verb, resource)] += 1
+        try:
+            if self.token and h.headers.get("Authorization") != f"Bearer {self.token}":
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            if route is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource",
+                               {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
+            if route.special:
+                return self._discovery(h, route.special)
+            self._check_faults(verb, route)
+            if watching and route.name is None:
+                return self._watch(h, route, query)
+            code, body = self._serve(method, route, query, raw, h.headers.get("Content-Type") or "")
+            if isinstance(body, bytes):
+                h.send_body(code, body)
+            else:
+                h.send_json(code, body)
+        except ApiError as e:
+            h.send_json(e.code, e.status(), e.headers)
+
+    @staticmethod
+    def _verb(method: str, route: _Route | None, watching: bool) -> str:
+        if method == "GET":
+            return "watch" if watching else ("get" if route and route.name else "list")
+        return {"POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
+
+    def _check_faults(self, verb: str, route: _Route) -> None:
+        resource = route.resource
+        with self._lock:
+            if (verb, resource) in self._forbidden:
+                group = RESOURCES[resource]["group"]
+                scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+                target = f'{_qualified(resource)} "{route.name}"' if route.name else _qualified(resource)
+                raise ApiError(403, "Forbidden",
+                               f'{target} is forbidden: User "system:serviceaccount:spillover-system:spillover" '
+                               f'cannot {verb} resource "{resource}" in API group "{group}" {scope}',
+                               _details(resource, route.name))
+            for entry in self._injected:
+                if entry[0] == verb and entry[1] == resource and entry[3] > 0:
+                    entry[3] -= 1
+                    code = entry[2]
+                    self._injected = [e for e in self._injected if e[3] > 0]
+                    reason = {429: "TooManyRequests", 503: "ServiceUnavailable", 504: "Timeout",
+                              409: "Conflict"}.get(code, "InternalError")
+                    headers = {"Retry-After": "1"} if code == 429 else None
+                    raise ApiError(code, reason, f"injected failure for {verb} {resource}",
+                                   {"retryAfterSeconds": 1} if code == 429 else None, headers)
+
+    def _discovery(self, h: _Handler, what: str) -> None:
+        if what in ("healthz", "livez", "readyz"):
+            return h.send_body(200, b"ok", "text/plain; charset=utf-8")
+        if what == "version":
+            return h.send_json(200, VERSION)
+        if what == "api":
+            return h.send_json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self._port}"}]})
+        batch_group = {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+                       "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}
+        if what == "apis":
+            return h.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [batch_group]})
+        if what == "apis/batch":
+            return h.send_json(200, {"kind": "APIGroup", "apiVersion": "v1", **batch_group})
+        group_version = "v1" if what == "api/v1" else "batch/v1"
+        resources = [
+            {"name": r, "singularName": info["singular"], "namespaced": info["namespaced"], "kind": info["kind"],
+             "verbs": _VERBS[r]}
+            for r, info in RESOURCES.items() if info["apiVersion"] == group_version
+        ]
+        return h.send_json(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                                 "resources": resources})
+
+    def _serve(self, method: str, route: _Route, query: dict, raw: bytes, content_type: str) -> tuple[int, Any]:
+        resource, ns, name = route.resource, route.namespace, route.name
+        namespaced = RESOURCES[resource]["namespaced"]
+        if name is None:
+            if method == "GET":
+                return 200, self._list(resource, ns, query)
+            if method == "POST" and (ns is not None or not namespaced):
+                return 201, self._create(resource, ns, self._json_body(raw))
+        else:
+            if method == "GET":
+                with self._lock:
+                    obj = self._store.get(resource, (ns or "", name))
+                if obj is None:
+                    raise not_found(resource, name)
+                return 200, obj
+            if method == "DELETE":
+                return 200, self._delete(resource, ns, name, query, self._json_body(raw, allow_empty=True))
+            if method == "PATCH":
+                return 200, self._patch(resource, ns, name, self._json_body(raw), content_type)
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource",
+                       {"causes": [{"reason": "UnexpectedServerResponse", "message": "405: Method Not Allowed"}]})
+
+    @staticmethod
+    def _json_body(raw: bytes, allow_empty: bool = False) -> Any:
+        if not raw.strip():
+            if allow_empty:
+                return {}
+            raise _bad_request("the request body is empty")
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise _bad_request(f"couldn't get version/kind; json parse error: {e}") from None
+
+    def _selectors(self, resource: str, query: dict):
+        try:
+            return (parse_label_selector(query.get("labelSelector")),
+                    parse_field_selector(query.get("fieldSelector"), resource))
+        except SelectorError as e:
+            raise _bad_request(str(e)) from None
+
+    # -- list -------------------------------------------------------------------------------------------------
+
+    def _list(self, resource: str, ns: str | None, query: dict) -> bytes:
+        lsel, fsel = self._selectors(resource, query)
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            raise _bad_request(f"invalid limit {query.get('limit')!r}") from None
+        cont = query.get("continue")
+        meta: dict = {}
+        with self._lock:
+            if cont:
+                token, offset = _decode_continue(cont)
+                snap = self._store.snapshots.get(token)
+                if snap is None:
+                    raise ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                   "consistent list result. You can start a new list without the continue "
+                                   "parameter.")
+                rv, items = snap
+                items = items[offset:]
+            else:
+                rv_param = query.get("resourceVersion")
+                if rv_param not in (None, "", "0"):
+                    try:
+                        wanted = int(rv_param)
+                    except ValueError:
+                        raise _bad_request(f"invalid resource version: {rv_param}") from None
+                    if wanted > self._store.rv:
+                        raise ApiError(504, "Timeout", f"Too large resource version: {wanted}, current: "
+                                       f"{self._store.rv}", {"causes": [{"reason": "ResourceVersionTooLarge",
+                                                                         "message": "Too large resource version"}],
+                                                             "retryAfterSeconds": 1})
+                    exact = query.get("resourceVersionMatch") == "Exact"
+                    if wanted < self._store.compacted_rv or (exact and wanted != self._store.rv):
+                        raise ApiError(410, "Expired", f"too old resource version: {wanted} "
+                                       f"({max(self._store.compacted_rv, wanted) + 1})")
+                rv = self._store.rv
+                objs = self._store.objects[resource]
+                keys = sorted(objs)
+                items = [objs[k] for k in keys
+                         if (ns is None or k[0] == ns)
+                         and (not lsel or lsel.matches(objs[k]["metadata"].get("labels")))
+                         and (not fsel or fsel.matches(objs[k]))]
+                offset = 0
+                token = None
+            if limit and len(items) > limit:
+                if not cont:
+                    token = self._store.save_snapshot(items)
+                    offset = 0
+                meta["continue"] = _encode_continue(token, offset + limit)
+                meta["remainingItemCount"] = len(items) - limit
+                items = items[:limit]
+        meta["resourceVersion"] = str(rv)
+        info = RESOURCES[resource]
+        head = json.dumps({"kind": info["kind"] + "List", "apiVersion": info["apiVersion"], "metadata": meta},
+                          separators=(",", ":")).encode()
+        encode = self._store.encode
+        return head[:-1] + b',"items":[' + b",".join(encode(resource, o) for o in items) + b"]}"
+
+    # -- watch ------------------------------------------------------------------------------------------------
+
+    def _watch(self, h: _Handler, route: _Route, query: dict) -> None:
+        resource, ns = route.resource, route.namespace
+        lsel, fsel = self._selectors(resource, query)
+        try:
+            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else self.watch_timeout
+        except ValueError:
+            raise _bad_request(f"invalid timeoutSeconds {query.get('timeoutSeconds')!r}") from None
+        deadline = time.monotonic() + timeout
+        server = h.server
+        store = self._store
+
+        def matches(obj: dict | None) -> bool:
+            if obj is None:
+                return False
+            if ns is not None and obj["metadata"].get("namespace") != ns:
+                return False
+            return (not lsel or lsel.matches(obj["metadata"].get("labels"))) and (not fsel or fsel.matches(obj))
+
+        rv_param = query.get("resourceVersion")
+        with self._lock:
+            expired: Expired | None = None
+            if rv_param in (None, "", "0"):
+                # No version: the current state as ADDED events first, then changes (as the real server does).
+                objs = store.objects[resource]
+                initial = [("ADDED", objs[k]) for k in sorted(objs) if matches(objs[k])]
+                last = store.rv
+            else:
+                try:
+                    last = int(rv_param)
+                except ValueError:
+                    raise _bad_request(f"invalid resource version: {rv_param}") from None
+                initial = []
+                if last < store.compacted_rv:
+                    expired = Expired(last, store.compacted_rv + 1)
+
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(lines: list[bytes]) -> None:
+            if lines:
+                data = b"".join(lines)
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                h.wfile.flush()
+
+        def line(type_: str, obj: dict) -> bytes:
+            return b'{"type":"' + type_.encode() + b'","object":' + store.encode(resource, obj) + b"}\n"
+
+        def gone(e: Expired) -> bytes:
+            status = ApiError(410, "Expired", str(e)).status()
+            return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"
+
+        send([line(t, o) for t, o in initial])
+        if expired is not None:
+            send([gone(expired)])
+        else:
+            while True:
+                with self._lock:
+                    while store.rv <= last and not server.closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        store.changed.wait(left)
+                    if server.closed:
+                        h.close_connection = True
+                        return
+                    if store.rv <= last:
+                        break
+                    try:
+                        events = store.events_after(last)
+                    except Expired as e:
+                        # The watcher fell behind the retained history: real servers end it with 410 too.
+                        send([gone(e)])
+                        break
+                    last = store.rv
+                out = []
+                for ev in events:
+                    if ev.resource != resource:
+                        continue
+                    now_in, type_ = matches(ev.obj), ev.type
+                    if type_ == "MODIFIED":
+                        was_in = matches(ev.prev)
+                        if now_in and not was_in:
+                            type_ = "ADDED"
+                        elif was_in and not now_in:
+                            type_, now_in = "DELETED", True
+                    if now_in:
+                        out.append(line(type_, ev.obj))
+                send(out)
+                if time.monotonic() >= deadline:
+                    break
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    # -- create -----------------------------------------------------------------------------------------------
+
+    def _create(self, resource: str, ns: str | None, obj: Any) -> dict:
+        info = RESOURCES[resource]
+        if not isinstance(obj, dict):
+            raise _bad_request("the body must be a JSON object")
+        if obj.get("kind") not in (None, info["kind"]) or obj.get("apiVersion") not in (None, info["apiVersion"]):
+            raise _bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not match the expected "
+                               f"API version ({info['apiVersion']}) or the kind ({obj.get('kind')}) is not "
+                               f"{info['kind']}")
+        obj = clone(obj)
+        strip_server_fields(obj)
+        meta = obj["metadata"]
+        if info["namespaced"]:
+            if meta.get("namespace") not in (None, "", ns):
+                raise _bad_request("the namespace of the provided object does not match the namespace sent on "
+                                   "the request")
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        with self._lock:
+            if not meta.get("name") and meta.get("generateName"):
+                name = meta["generateName"] + random_suffix()
+                while (ns or "", name) in self._store.objects[resource]:
+                    name = meta["generateName"] + random_suffix()
+                meta["name"] = name
+            name = meta.get("name") or ""
+            problems = check_metadata(obj, label_name=resource in ("namespaces", "jobs"))
+            if resource == "jobs":
+                problems += check_job(obj)
+            elif resource == "pods":
+                problems += check_pod_spec(obj.get("spec"), "spec")
+            if problems:
+                raise _invalid(resource, name, problems)
+            if info["namespaced"] and self._store.get("namespaces", ("", ns)) is None:
+                raise not_found("namespaces", ns)
+            if self._store.get(resource, (ns or "", name)) is not None:
+                raise ApiError(409, "AlreadyExists", f'{_qualified(resource)} "{name}" already exists',
+                               _details(resource, name))
+            if resource == "jobs":
+                meta["uid"] = str(uuid.uuid4())
+                default_job(obj)
+            elif resource == "pods":
+                default_pod_spec(obj["spec"])
+                admit_pod(obj)
+            elif resource == "namespaces":
+                default_namespace(obj)
+            elif resource == "nodes":
+                default_node(obj, self._next_node_ip(), now_rfc3339())
+            return self._store.create(resource, obj)
+
+    # -- delete -----------------------------------------------------------------------------------------------
+
+    def _delete(self, resource: str, ns: str | None, name: str, query: dict, options: Any) -> dict:
+        options = options if isinstance(options, dict) else {}
+        policy = query.get("propagationPolicy") or options.get("propagationPolicy")
+        orphan = query.get("orphanDependents", options.get("orphanDependents"))
+        if policy is None and orphan is not None:
+            policy = "Orphan" if str(orphan).lower() == "true" else "Background"
+        if policy not in (None, "Orphan", "Background", "Foreground"):
+            raise ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: '
+                           f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan"')
+        key = (ns or "", name)
+        with self._lock:
+            obj = self._store.get(resource, key)
+            if obj is None:
+                raise not_found(resource, name)
+            pre = options.get("preconditions") or {}
+            if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
+                raise ApiError(409, "Conflict", f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
+                               f"object meta: {obj['metadata']['uid']}", _details(resource, name))
+            if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", "Precondition failed: ResourceVersion in precondition: "
+                               f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                               f"{obj['metadata']['resourceVersion']}", _details(resource, name))
+            if resource == "pods":
+                return self._controller.delete_pod(key)
+            if resource == "jobs":
+                # batch/v1 Jobs orphan their pods unless told otherwise: the REST default kubectl hides.
+                policy = policy or "Orphan"
+                marked = self._controller.delete_job(key, policy)
+                if policy != "Background":
+                    return marked
+            elif resource == "nodes":
+                self._store.delete("nodes", key)
+                self._controller.node_lost(name, removed=True)
+            elif resource == "namespaces":
+                if name in ("default", "kube-system", "kube-public"):
+                    raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be '
+                                   "deleted", _details("namespaces", name))
+                for k in [k for k in self._store.objects["jobs"] if k[0] == name]:
+                    self._controller.delete_job(k, "Foreground", now=True)
+                for k in [k for k in self._store.objects["pods"] if k[0] == name]:
+                    self._controller.delete_pod(k)
+                self._store.delete("namespaces", key)
+        details = _details(resource, name)
+        details["uid"] = obj["metadata"]["uid"]
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+
+    # -- patch ------------------------------------------------------------------------------------------------
+
+    def _patch(self, resource: str, ns: str | None, name: str, patch: Any, content_type: str) -> dict:
+        key = (ns or "", name)
+        with self._lock:
+            old = self._store.get(resource, key)
+            if old is None:
+                raise not_found(resource, name)
+            if "json-patch" in content_type:
+                if not isinstance(patch, list):
+                    raise _bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+                new = _json_patch(old, patch)
+            elif "merge-patch" in content_type:
+                if not isinstance(patch, dict):
+                    raise _bad_request("the patch must be a JSON object")
+                new = _merge_patch(old, patch)
+            else:
+                raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                               f"accepted media types include: application/json-patch+json, "
+                               f"application/merge-patch+json, application/strategic-merge-patch+json")
+            for field in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation"):
+                if field in old["metadata"]:
+                    new.setdefault("metadata", {})[field] = old["metadata"][field]
+            new["kind"], new["apiVersion"] = old["kind"], old["apiVersion"]
+            if "status" in old:
+                new["status"] = old["status"]  # status is a subresource: the main resource ignores changes to it
+            problems = check_metadata(new, label_name=resource in ("namespaces", "jobs"))
+            if problems:
+                raise _invalid(resource, name, problems)
+
+            def replace(obj: dict) -> None:
+                obj.clear()
+                obj.update(clone(new))
+
+            return self._store.mutate(resource, key, replace, spec_change=True)
