@@ -11,6 +11,8 @@ import pytest
 
 from scheduler.clock import SimClock
 
+pytest_plugins = ["prometheus_fixtures"]
+
 PG_ADMIN = os.environ.get("SPILLOVER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 BASE_CONFIG = {
