@@ -69,6 +69,7 @@ class ControlLoop:
         self._crash_hook = crash_hook or (lambda _point: None)
         self._dirty = True
         self._last_solve_at = -math.inf
+        self._solved_for: set[str] = set()  # pending job ids the last solve saw
         self._wait_signature: dict[str, tuple] = {}
         self.last_states: dict[str, ClusterState] = {}
         self._accrued_until: dict[str, float | None] = {}
@@ -91,7 +92,9 @@ class ControlLoop:
         pending = self.store.jobs([JobState.PENDING])
         report.pending = len(pending)
         now = self.clock.now()
-        if pending and (self._dirty or now - self._last_solve_at >= RESOLVE_EVERY_S):
+        # a job submitted since the last solve (by another process, too) is a change worth a solve
+        arrived = any(j.id not in self._solved_for for j in pending)
+        if pending and (self._dirty or arrived or now - self._last_solve_at >= RESOLVE_EVERY_S):
             active = self.store.jobs(ACTIVE)
             snap = Snapshot(now=now, states=states, pending=pending, active=active,
                             cooling_pools=self._cooling_pools(now), avoid=self._avoid_now(now))
@@ -99,6 +102,7 @@ class ControlLoop:
             plan = self.solver(problem)  # 3. decide
             report.solved, report.problem, report.plan = True, problem, plan
             self._last_solve_at = now
+            self._solved_for = {j.id for j in pending}
             self._act(plan, refs, {j.id: j for j in pending}, states, report)  # 4. act
             log.info("cycle: %d pending, %d started on-prem, %d burst, %d waiting (%s %s in %.2fs, gap %s)",
                      len(pending), report.started, report.burst, report.waiting, plan.solver, plan.status,

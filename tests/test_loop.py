@@ -227,3 +227,15 @@ def test_onprem_first_uses_paid_for_capacity_unless_told_to_weigh_its_price(worl
     (job,) = submit(store, clock, spec("j", gpus=8, hours=1))
     loop.run_cycle()
     assert store.job(job.id).cluster == where
+
+
+def test_a_job_submitted_by_another_process_is_placed_at_the_next_cycle(world, clock, sqlite_url):
+    config, store, providers, loop = world()
+    submit(store, clock, spec("first", gpus=4, hours=5))
+    for _ in range(3):  # placed, running, then nothing left to change
+        loop.run_cycle()
+        clock.advance(config.loop.interval_s)
+    (late,) = submit(Store(sqlite_url), clock, spec("late", gpus=4))  # e.g. `spillover submit`
+    report = loop.run_cycle()
+    assert report.started == 1
+    assert store.job(late.id).cluster == "onprem"
