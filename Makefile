@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench clean
+.PHONY: install demo test test-fast services bench bench-observe clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m simulations.bench_placement --jobs 1000 --targets 10
+
+bench-observe: $(STAMP)
+	$(BIN)/python -m simulations.bench_observe --nodes 1000 --pods 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info spillover-demo.db* .spillover

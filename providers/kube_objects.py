@@ -28,6 +28,21 @@ from providers.kube_settings import (
 GIB = float(1 << 30)
 TERMINAL_POD_PHASES = ("Succeeded", "Failed")
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+# GPU types as catalogs and job specs name them. GPU feature discovery labels the full product name
+# (NVIDIA-A100-SXM4-80GB, Tesla-V100-SXM2-16GB); its family token is the type.
+GPU_FAMILIES = frozenset({"GB200", "B200", "B100", "GH200", "H200", "H100", "H800", "A100", "A800", "A10G", "A10",
+                          "A30", "A40", "L40S", "L40", "L4", "V100", "T4", "P100", "P4", "MI300X", "MI250X"})
+
+
+def gpu_type_of(product: str, aliases: Mapping[str, str]) -> str:
+    """The GPU type of a node's product label: an alias from the config, else the family named in it, else
+    the label itself."""
+    if product in aliases:
+        return aliases[product]
+    for token in re.split(r"[-_\s]+", product.upper()):
+        if token in GPU_FAMILIES:
+            return token
+    return product
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 _SUFFIX = {
@@ -96,6 +111,7 @@ def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]
 class NodeRecord:
     name: str
     gpu_type: str | None
+    gpu_product: str | None  # the label's own value, which a Job's node selector must name
     pool: str | None
     gpus: int
     cpu: float
@@ -163,7 +179,8 @@ def node_record(obj: Json, settings: KubeSettings, pools: Mapping[str, PoolInfo]
     labels = meta.get("labels") or {}
     alloc = status.get("allocatable") or {}
     pool = labels.get(settings.pool_label) if settings.pool_label else None
-    gpu_type = labels.get(settings.gpu_product_label)
+    product = labels.get(settings.gpu_product_label) or None
+    gpu_type = gpu_type_of(product, settings.gpu_product_aliases) if product else None
     if not gpu_type and pool in pools and pools[pool].gpu_type:
         gpu_type = pools[pool].gpu_type  # GPU feature discovery labels a new node a little after it joins
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
@@ -173,7 +190,7 @@ def node_record(obj: Json, settings: KubeSettings, pools: Mapping[str, PoolInfo]
             blocking = f"{taint.get('key')}:{taint.get('effect')}"
             break
     return NodeRecord(
-        name=str(meta.get("name")), gpu_type=gpu_type or None, pool=pool,
+        name=str(meta.get("name")), gpu_type=gpu_type or None, gpu_product=product, pool=pool,
         gpus=int(parse_quantity(alloc.get(settings.gpu_resource))), cpu=parse_quantity(alloc.get("cpu")),
         memory_gib=parse_quantity(alloc.get("memory")) / GIB, ready=ready,
         unschedulable=bool(spec.get("unschedulable")), blocking_taint=blocking,
@@ -308,8 +325,27 @@ def job_status(job: JobRecord, pods: Sequence[PodRecord], pool_of: Callable[[str
 # ---- the Job Spillover creates ------------------------------------------------------------------
 
 
-def job_manifest(request: DispatchRequest, namespace: str, settings: KubeSettings) -> Json:
-    """The batch/v1 Job for one dispatch; its name is the job id, so a retry collides instead of duplicating."""
+def job_manifest(request: DispatchRequest, namespace: str, settings: KubeSettings,
+                 products: Callable[[str], Sequence[str]] | None = None) -> Json:
+    """The batch/v1 Job for one dispatch; its name is the job id, so a retry collides instead of duplicating.
+
+    `products(gpu_type)` names the product label values of the cluster's nodes of that type, so a Job pinned
+    to "A100" lands on nodes labelled NVIDIA-A100-SXM4-80GB. A type no node has yet is pinned by its own name,
+    except in a pool (one instance type), whose first nodes may join before they are labelled.
+    """
+    pinned_by_pool = bool(settings.pool_label and request.pool)
+
+    def values(types: Iterable[str]) -> list[str]:
+        out: list[str] = []
+        for t in types:
+            known = list(products(t)) if products else []
+            if not known and pinned_by_pool:
+                return []
+            for v in known or [t]:
+                if v not in out:
+                    out.append(v)
+        return out
+
     spec = request.spec
     labels = {JOB_ID_LABEL: request.job_id, QUEUE_LABEL: spec.queue, MANAGED_BY: MANAGER}
     annotations = {REQUEST_ID_ANNOTATION: request.request_id, RUNTIME_ANNOTATION: repr(float(spec.estimated_runtime_s))}
@@ -333,19 +369,19 @@ def job_manifest(request: DispatchRequest, namespace: str, settings: KubeSetting
     selector = dict(settings.node_selector)
     if settings.pool_label and request.pool:
         selector[settings.pool_label] = request.pool
-    if request.gpu_type:
-        selector[settings.gpu_product_label] = request.gpu_type
+    allowed = values([request.gpu_type] if request.gpu_type else spec.gpu_types)
+    if len(allowed) == 1:
+        selector[settings.gpu_product_label] = allowed[0]
     pod_spec: Json = {"restartPolicy": "Never", "containers": [container]}
     if selector:
         pod_spec["nodeSelector"] = selector
     if settings.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
     affinity: Json = {}
-    if not request.gpu_type and spec.gpu_types:
-        # no type chosen yet: still keep the job off GPU types its owner ruled out
+    if len(allowed) > 1:
+        # several product names of the chosen type, or no type chosen yet and the owner allowed several
         affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": settings.gpu_product_label, "operator": "In",
-                                   "values": list(spec.gpu_types)}]}]}}
+            {"matchExpressions": [{"key": settings.gpu_product_label, "operator": "In", "values": allowed}]}]}}
     job_spec: Json = {
         "backoffLimit": 0,
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,

@@ -27,6 +27,7 @@ class KubeSettings:
     namespace: str = "spillover"
     gpu_resource: str = "nvidia.com/gpu"
     gpu_product_label: str = "nvidia.com/gpu.product"
+    gpu_product_aliases: Mapping[str, str] = field(default_factory=dict)  # label value -> GPU type
     pool_label: str | None = None  # node label naming the node pool (e.g. eks.amazonaws.com/nodegroup)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -40,6 +41,8 @@ class KubeSettings:
         for f in fields(cls):
             if hasattr(source, f.name):
                 values[f.name] = getattr(source, f.name)
+        if "gpu_product_aliases" in values:
+            values["gpu_product_aliases"] = dict(values["gpu_product_aliases"] or {})
         if "node_selector" in values:
             values["node_selector"] = dict(values["node_selector"] or {})
         if "tolerations" in values:

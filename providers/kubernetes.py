@@ -179,7 +179,7 @@ class KubernetesProvider:
                      known.namespace, known.name)
             return
         namespace = self.settings.namespace_for(request.spec.queue)
-        body = job_manifest(request, namespace, self.settings)
+        body = job_manifest(request, namespace, self.settings, self._products)
         where = f"{namespace}/{request.job_id}"
 
         def create(missing_ok: bool) -> None:
@@ -335,6 +335,12 @@ class KubernetesProvider:
         return tuple(out)
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _products(self, gpu_type: str) -> list[str]:
+        """The product label values of this cluster's nodes of a GPU type (none if it has no such node)."""
+        nodes = self.nodes_cache.items() if self._started else ()
+        found = sorted({n.gpu_product for n in nodes if n.gpu_type == gpu_type and n.gpu_product})
+        return found
 
     def _cached_job(self, job_id: str) -> JobRecord | None:
         if not self._started:

@@ -149,6 +149,11 @@ class KubernetesConfig(_Model):
     namespace: DnsLabel = Field(default="spillover", description="the namespace, or the prefix of per-queue ones")
     gpu_resource: NonEmpty = "nvidia.com/gpu"
     gpu_product_label: NonEmpty = Field(default="nvidia.com/gpu.product", description="node label with the GPU type")
+    gpu_product_aliases: dict[NonEmpty, NonEmpty] = Field(
+        default_factory=dict,
+        description="GPU product label value -> GPU type, for products the built-in names do not cover "
+        "(e.g. NVIDIA-A100-SXM4-80GB is read as A100 without one)",
+    )
     pool_label: str | None = Field(
         default=None,
         description="node label naming the node pool, e.g. eks.amazonaws.com/nodegroup, "

@@ -232,6 +232,23 @@ def test_dispatch_creates_namespace_and_a_labelled_job_that_runs_to_success(kube
     assert direct is not None and direct.phase == JobPhase.SUCCEEDED and direct.nodes == ("g1",)
 
 
+def test_gpu_feature_discovery_product_names_are_read_as_gpu_types_and_pinned_by_their_own_name(
+        kube, make_provider):
+    kube.add_node("a100", gpu_product="NVIDIA-A100-SXM4-80GB")
+    kube.add_node("h100", gpu_product="NVIDIA-H100-80GB-HBM3")
+    kube.add_node("v100", gpu_product="Tesla-V100-SXM2-16GB")
+    kube.add_node("custom", gpu_product="Acme-Accel-9")
+    provider = make_provider(KubeSettings(request_timeout_s=2.0, gpu_product_aliases={"Acme-Accel-9": "ACC9"}))
+    types = {n.name: n.gpu_type for n in provider.observe().nodes}
+    assert types == {"a100": "A100", "h100": "H100", "v100": "V100", "custom": "ACC9"}
+
+    provider.dispatch(request("pinned-1", spec(), gpu_type="H100"))
+    [job] = kube.objects("jobs", "spillover-research")
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    done = job_in(provider, "pinned-1", JobPhase.SUCCEEDED, what="the pinned job to succeed")
+    assert done.nodes == ("h100",)
+
+
 def test_running_job_shows_its_node_and_takes_its_gpus(kube, make_provider):
     kube.add_node("g1")
     provider = make_provider()
@@ -590,3 +607,12 @@ def test_settings_mirror_the_kubernetes_config_section():
     defaults = KubeSettings.of(KubernetesConfig())
     assert defaults == KubeSettings()
     assert defaults.namespace_for("research") == "spillover-research"
+
+
+def test_a_job_for_a_pool_with_no_nodes_yet_is_pinned_by_the_pool_alone():
+    # the pool's first node joins before GPU feature discovery labels it; the pool label already fixes the type
+    settings = KubeSettings(pool_label=POOL_LABEL)
+    body = job_manifest(request("burst-1", spec(), pool="p4d", gpu_type="A100"), "ns", settings, lambda _t: [])
+    assert body["spec"]["template"]["spec"]["nodeSelector"] == {POOL_LABEL: "p4d"}
+    on_prem = job_manifest(request("local-1", spec(), gpu_type="A100"), "ns", settings, lambda _t: [])
+    assert on_prem["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
