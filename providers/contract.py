@@ -91,6 +91,10 @@ class PoolState:
     ready_nodes: int
     min_nodes: int
     max_nodes: int
+    # a smaller desired size removes idle nodes only. False when the cloud picks which instances go (EKS, GKE
+    # and AKS do), so the loop shrinks such a pool only once every node above its minimum is idle
+    removes_idle_first: bool = True
+    spot: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class JobStatus:
     message: str = ""
     unschedulable_since: float | None = None  # pending because no node can take it (not just still booting)
     queue: str | None = None  # as labelled on the workload, for recovery of jobs the store lost track of
+    # FAILED because its node was taken away (a spot reclaim, a lost node), not by its own doing: worth a rerun
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class PodRecord:
     unschedulable_message: str
     failure: str  # why a container terminated unsuccessfully, e.g. "OOMKilled (exit 137)"
     deleting: bool
+    disrupted: str = ""  # why the pod was taken away (its node lost or reclaimed), not failed by its own doing
 
     @property
     def terminal(self) -> bool:
@@ -162,6 +163,8 @@ class JobRecord:
     finished_at: float | None
     message: str
     start_time: float | None
+    request_id: str = ""  # the dispatch that created it
+    deleting: bool = False
 
 
 def _meta(obj: Json) -> Json:
@@ -244,10 +247,15 @@ def pod_record(obj: Json, settings: KubeSettings) -> PodRecord:
     labels = meta.get("labels") or {}
     gpus, cpu, mem = pod_requests(spec, settings.gpu_resource)
     owner = next((o.get("uid") for o in meta.get("ownerReferences") or () if o.get("controller")), None)
-    since, why = None, ""
+    since, why, disrupted = None, "", ""
     for c in status.get("conditions") or ():
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
             since, why = parse_time(c.get("lastTransitionTime")), str(c.get("message") or "Unschedulable")
+        elif c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            # set by the taint manager, pod GC or a node's graceful shutdown: a spot reclaim or a lost node
+            disrupted = str(c.get("message") or c.get("reason") or "disrupted")
+    if not disrupted and status.get("reason") in ("NodeLost", "Terminated", "Shutdown", "NodeShutdown"):
+        disrupted = str(status.get("message") or status.get("reason"))
     phase = str(status.get("phase") or "Pending")
     job_id = labels.get(JOB_ID_LABEL)
     return PodRecord(
@@ -255,7 +263,7 @@ def pod_record(obj: Json, settings: KubeSettings) -> PodRecord:
         phase=phase, gpus=gpus, cpu=cpu, memory_gib=mem / GIB, job_id=job_id, owner_uid=owner,
         started_at=parse_time(status.get("startTime")), unschedulable_since=since, unschedulable_message=why,
         failure=_pod_failure(status) if job_id and phase == "Failed" else "",
-        deleting=bool(meta.get("deletionTimestamp")),
+        deleting=bool(meta.get("deletionTimestamp")), disrupted=disrupted,
     )
 
 
@@ -283,6 +291,8 @@ def job_record(obj: Json, settings: KubeSettings) -> JobRecord:
         gang=int(spec.get("parallelism") or completions), completions=completions,
         succeeded=int(status.get("succeeded") or 0), outcome=outcome, finished_at=finished,
         message=message, start_time=parse_time(status.get("startTime")),
+        request_id=str((meta.get("annotations") or {}).get(REQUEST_ID_ANNOTATION) or ""),
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
@@ -300,12 +310,14 @@ def job_status(job: JobRecord, pods: Sequence[PodRecord], pool_of: Callable[[str
         pool = pool or next((pool_of(n) for n in nodes if pool_of(n)), None)
         message = job.message
         failure = next((p.failure for p in mine if p.failure), "")
-        if job.outcome == "Failed" and failure:
-            message = f"{message}; {failure}" if message else failure
+        disrupted = next((p.disrupted for p in mine if p.disrupted), "") if job.outcome == "Failed" else ""
+        if job.outcome == "Failed" and (disrupted or failure):
+            detail = f"interrupted: {disrupted}" if disrupted else failure
+            message = f"{message}; {detail}" if message else detail
         return JobStatus(job_id=job.job_id, queue=job.queue, pool=pool, nodes=nodes,
                          phase=JobPhase.SUCCEEDED if job.outcome == "Complete" else JobPhase.FAILED,
                          started_at=first_start if first_start is not None else job.start_time,
-                         finished_at=job.finished_at, message=message)
+                         finished_at=job.finished_at, message=message, interrupted=bool(disrupted))
     running = [p for p in mine if p.phase == "Running" and p.node and not p.deleting]
     # a replica of an Indexed gang may finish before the others; it still counts as part of the run
     if running and len(running) + job.succeeded >= job.gang:

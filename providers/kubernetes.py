@@ -48,7 +48,7 @@ from providers.kube_objects import (
     node_record,
     pod_record,
 )
-from providers.kube_settings import JOB_ID_LABEL, MANAGED_BY, MANAGER, KubeSettings, PoolInfo
+from providers.kube_settings import JOB_ID_LABEL, MANAGED_BY, MANAGER, REQUEST_ID_ANNOTATION, KubeSettings, PoolInfo
 
 __all__ = ["KubeSettings", "KubernetesProvider", "PoolInfo"]
 
@@ -175,6 +175,7 @@ class KubernetesProvider:
     def dispatch(self, request: DispatchRequest) -> None:
         known = self._cached_job(request.job_id)
         if known is not None:
+            self._check_same_dispatch(request, known.namespace, known.name, known.request_id, known.deleting)
             log.info("%s: job %s already exists as Job %s/%s; adopting it", self.name, request.job_id,
                      known.namespace, known.name)
             return
@@ -198,16 +199,29 @@ class KubernetesProvider:
         except _Conflict:
             existing = self._call(f"read Job {where}", lambda: self._get_json(
                 self._batch.read_namespaced_job, request.job_id, namespace), request_id=request.request_id)
-            labels = (existing.get("metadata") or {}).get("labels") or {}
+            meta = existing.get("metadata") or {}
+            labels = meta.get("labels") or {}
             if labels.get(JOB_ID_LABEL) != request.job_id:
                 raise ProviderError(ErrorKind.INVALID, f"a Job named {where} that Spillover did not create "
                                     "already exists; rename or delete it", cluster=self.name,
                                     at=self._clock.now(), request_id=request.request_id) from None
+            self._check_same_dispatch(request, namespace, request.job_id,
+                                      str((meta.get("annotations") or {}).get(REQUEST_ID_ANNOTATION) or ""),
+                                      bool(meta.get("deletionTimestamp")))
             log.info("%s: Job %s already exists; adopting it (request %s)", self.name, where, request.request_id)
             return
         log.info("%s: created Job %s (%d x %d %s GPUs%s, request %s)", self.name, where, request.spec.nodes,
                  request.spec.gpus, request.gpu_type or "any", f", pool {request.pool}" if request.pool else "",
                  request.request_id)
+
+    def _check_same_dispatch(self, request: DispatchRequest, namespace: str, name: str, request_id: str,
+                             deleting: bool) -> None:
+        """A Job left by an earlier attempt (interrupted, requeued) holds the name until it is removed: adopting
+        it would bring back its old outcome, so the dispatch waits (TRANSIENT) instead."""
+        if request_id and request_id != request.request_id or deleting:
+            raise ProviderError(ErrorKind.TRANSIENT, f"Job {namespace}/{name} from an earlier attempt "
+                                f"({request_id or 'unknown'}) is still there; dispatching once it is removed",
+                                cluster=self.name, at=self._clock.now(), request_id=request.request_id)
 
     def cancel(self, job_id: str, request_id: str) -> None:
         for job in self._find_jobs(job_id, request_id):

@@ -55,6 +55,7 @@ class SimPool:
     min_nodes: int
     max_nodes: int
     provisioning_delay_s: float
+    spot: bool = False
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Job:
     finished_at: float | None = None
     message: str = ""
     unschedulable_since: float | None = None
+    interrupted: bool = False
 
 
 RuntimeFn = Callable[[str, JobSpec, str], float]  # (job id, spec, gpu type) -> seconds
@@ -212,6 +214,21 @@ class SimulatedCluster:
         self._cordoned.add(node)
         self._save()
 
+    def reclaim(self, node: str) -> None:
+        """Take a node away as a spot reclaim does: its jobs fail as interrupted, and the pool, whose desired
+        size is unchanged, boots a replacement."""
+        self._advance(self._clock.now())
+        n = self._nodes.pop(node)
+        for job in self._jobs.values():
+            if node in job.nodes and job.finished_at is None:
+                self._release(job)
+                job.phase, job.finished_at, job.finish_at = JobPhase.FAILED.value, self._t, None
+                job.interrupted, job.message = True, f"interrupted: node {node} was reclaimed"
+        p = self._pools.get(n.pool or "")
+        if p is not None:
+            self._reconcile_pool(p)
+        self._save()
+
     def inject_async_error(self, error: ProviderError) -> None:
         self._pending_errors.append(error)
 
@@ -329,12 +346,13 @@ class SimulatedCluster:
         return PoolState(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
                          gpus_per_node=p.gpus_per_node, desired_nodes=self._desired[p.name], nodes=len(mine),
                          ready_nodes=sum(1 for n in mine if n.ready_at <= self._t + EPS),
-                         min_nodes=p.min_nodes, max_nodes=p.max_nodes)
+                         min_nodes=p.min_nodes, max_nodes=p.max_nodes, spot=p.spot)
 
     def _status(self, j: _Job) -> JobStatus:
         return JobStatus(job_id=j.job_id, phase=JobPhase(j.phase), nodes=tuple(j.nodes), pool=j.pool,
                          started_at=j.started_at, finished_at=j.finished_at, message=j.message,
-                         unschedulable_since=j.unschedulable_since, queue=j.spec.get("queue"))
+                         unschedulable_since=j.unschedulable_since, queue=j.spec.get("queue"),
+                         interrupted=j.interrupted)
 
     # ---- persistence ---------------------------------------------------------------------------
 

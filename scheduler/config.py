@@ -292,6 +292,11 @@ class NodePool(_Model):
     min_nodes: Annotated[int, Field(ge=0)] = 0
     max_nodes: Annotated[int, Field(ge=0)]
     provisioning_delay_s: NonNegativeFloat = Field(default=300.0, description="seconds from scale-up to a ready node")
+    provisioning_timeout_s: PositiveFloat | None = Field(
+        default=None,
+        description="a scale-up whose nodes are not ready after this long counts as failed: its jobs go to the "
+        "next best target and the pool is left alone for a while; null: provisioning_delay_s + 600",
+    )
     gpu_type: NonEmpty | None = None
     gpus_per_node: Annotated[int, Field(ge=1)] | None = None
     cpu_per_node: PositiveFloat | None = None
@@ -308,6 +313,10 @@ class NodePool(_Model):
     @property
     def cluster_name(self) -> str:
         return self._cluster
+
+    @property
+    def provisioning_timeout(self) -> float:
+        return self.provisioning_timeout_s if self.provisioning_timeout_s is not None else self.provisioning_delay_s + 600
 
     @property
     def gpus_at_max(self) -> int:
@@ -374,6 +383,44 @@ class NodePool(_Model):
         return value
 
 
+class EksConfig(_Model):
+    """The EKS cluster whose managed node groups are the pools (each pool's name is its node group's name).
+    Credentials come from boto3's standard chain: environment, shared profile, IRSA, instance role."""
+
+    cluster_name: NonEmpty = Field(description="the EKS cluster's name")
+    profile: str | None = Field(default=None, description="AWS shared-config profile; null: the default chain")
+    endpoint_url: str | None = Field(default=None, description="EKS API endpoint, e.g. a VPC endpoint; null: public")
+    timeout_s: PositiveFloat = 20.0
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=4, description="attempts per call, with botocore's backoff and jitter on throttling and 5xx")
+
+
+class GkeConfig(_Model):
+    """The GKE cluster whose node pools are the pools. Credentials: Application Default Credentials."""
+
+    project: NonEmpty
+    location: NonEmpty = Field(description="the cluster's zone or region")
+    cluster_name: NonEmpty
+    endpoint: str | None = Field(default=None, description="container API endpoint; null: container.googleapis.com")
+    timeout_s: PositiveFloat = 20.0
+
+
+class AksConfig(_Model):
+    """The AKS cluster whose agent pools are the pools. Credentials: azure-identity's DefaultAzureCredential."""
+
+    subscription_id: NonEmpty
+    resource_group: NonEmpty
+    cluster_name: NonEmpty
+    base_url: str | None = Field(default=None, description="ARM endpoint, for sovereign clouds; null: public Azure")
+    timeout_s: PositiveFloat = 20.0
+
+
+# The node-pool API section each cloud takes, and the node label its nodes carry with their pool's name.
+NODE_POOL_API = {"aws": "eks", "gcp": "gke", "azure": "aks"}
+POOL_LABEL = {"aws": "eks.amazonaws.com/nodegroup", "gcp": "cloud.google.com/gke-nodepool",
+              "azure": "kubernetes.azure.com/agentpool"}
+
+
 class CloudCluster(_Model):
     """A managed Kubernetes cluster (EKS, GKE, AKS) whose GPU node pools Spillover scales."""
 
@@ -385,6 +432,13 @@ class CloudCluster(_Model):
     cloud: Cloud
     region: NonEmpty
     pools: Annotated[list[NodePool], Field(min_length=1)]
+    eks: EksConfig | None = Field(default=None, description="cloud: aws with provider: kubernetes")
+    gke: GkeConfig | None = Field(default=None, description="cloud: gcp with provider: kubernetes")
+    aks: AksConfig | None = Field(default=None, description="cloud: azure with provider: kubernetes")
+
+    @property
+    def node_pool_api(self) -> EksConfig | GkeConfig | AksConfig | None:
+        return getattr(self, NODE_POOL_API[self.cloud.value])
 
     @model_validator(mode="wrap")
     @classmethod
@@ -419,7 +473,23 @@ class CloudCluster(_Model):
 
     @model_validator(mode="after")
     def _kubernetes_section(self) -> Any:
-        return _needs_kubernetes_section(self)
+        _needs_kubernetes_section(self)
+        wanted = NODE_POOL_API[self.cloud.value]
+        for section in NODE_POOL_API.values():
+            if section != wanted and getattr(self, section) is not None:
+                raise ValueError(f"{section}: not for a {self.cloud.value} cluster; a {self.cloud.value} cluster's "
+                                 f"node pools are set in {wanted}:")
+        if self.provider == "kubernetes":
+            if getattr(self, wanted) is None:
+                example = {"eks": "{cluster_name: NAME}", "gke": "{project: P, location: L, cluster_name: NAME}",
+                           "aks": "{subscription_id: S, resource_group: RG, cluster_name: NAME}"}[wanted]
+                raise ValueError(f"{wanted}: required for a {self.cloud.value} cluster with provider: kubernetes "
+                                 f"(at least {example})")
+            if self.kubernetes is not None and self.kubernetes.pool_label is None:
+                # the model is frozen once built; this is still part of building it
+                object.__setattr__(self, "kubernetes",
+                                   self.kubernetes.model_copy(update={"pool_label": POOL_LABEL[self.cloud.value]}))
+        return self
 
 
 Cluster = Annotated[OnPremCluster | CloudCluster, Field(discriminator="kind")]

@@ -31,12 +31,19 @@ log = logging.getLogger("spillover.loop")
 ACTIVE = (JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING, JobState.CANCELLING)
 # Errors after which retrying the same call cannot help: the job goes back to the solver instead.
 FINAL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)
+# Errors after which a pool cannot give nodes for a while: its waiting jobs go elsewhere, it is left alone.
+POOL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH)
 # How long a pool that stocked out or hit its quota is left alone.
 POOL_COOLOFF_S = 900.0
 # Re-plan at least this often while jobs wait, even when nothing changed.
 RESOLVE_EVERY_S = 300.0
 # A job that sat unschedulable in a cluster is not sent back there for this long.
 AVOID_AFTER_UNSCHEDULABLE_S = 3600.0
+# A job interrupted this many times (spot reclaims, lost nodes) is failed rather than run again.
+MAX_INTERRUPTIONS = 5
+# A pool that lost this many nodes under running jobs within the window is left alone for POOL_COOLOFF_S.
+INTERRUPTED_NODES_BACKOFF = 3
+INTERRUPTION_WINDOW_S = 3600.0
 
 
 @dataclass
@@ -50,6 +57,7 @@ class CycleReport:
     waiting: int = 0
     scaled: list[str] = field(default_factory=list)
     finished: int = 0
+    interrupted: int = 0
     solved: bool = False
     problem: PlacementProblem | None = None
     plan: Plan | None = None
@@ -70,6 +78,7 @@ class ControlLoop:
         self._dirty = True
         self._last_solve_at = -math.inf
         self._solved_for: set[str] = set()  # pending job ids the last solve saw
+        self._requeued_in_act = False
         self._wait_signature: dict[str, tuple] = {}
         self.last_states: dict[str, ClusterState] = {}
         self._accrued_until: dict[str, float | None] = {}
@@ -77,6 +86,8 @@ class ControlLoop:
         self._avoid: dict[str, dict[str, float]] = {}
         self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
         self._pool_status: dict = {}
+        self._interrupted_nodes: dict[str, dict[str, float]] = {}  # pool id -> {node: when it was lost}
+        self._growing_since: dict[str, float] = {}  # pool id -> since when it has had fewer ready nodes than asked
 
     # ---- the cycle -------------------------------------------------------------------------------
 
@@ -87,30 +98,39 @@ class ControlLoop:
         states = self._observe(report)  # 1. observe
         self._sync(states, report)  # 2. sync
         self._requeue_from_unavailable()
+        self._check_provisioning(states)
         self._repair_open_actions(states)  # performs what a crash or a failed call left intended
         self._cancel_requested(states)
         pending = self.store.jobs([JobState.PENDING])
         report.pending = len(pending)
-        now = self.clock.now()
         # a job submitted since the last solve (by another process, too) is a change worth a solve
         arrived = any(j.id not in self._solved_for for j in pending)
-        if pending and (self._dirty or arrived or now - self._last_solve_at >= RESOLVE_EVERY_S):
-            active = self.store.jobs(ACTIVE)
-            snap = Snapshot(now=now, states=states, pending=pending, active=active,
-                            cooling_pools=self._cooling_pools(now), avoid=self._avoid_now(now))
-            problem, refs = build_problem(self.config, snap)
-            plan = self.solver(problem)  # 3. decide
-            report.solved, report.problem, report.plan = True, problem, plan
-            self._last_solve_at = now
-            self._solved_for = {j.id for j in pending}
-            self._act(plan, refs, {j.id: j for j in pending}, states, report)  # 4. act
-            log.info("cycle: %d pending, %d started on-prem, %d burst, %d waiting (%s %s in %.2fs, gap %s)",
-                     len(pending), report.started, report.burst, report.waiting, plan.solver, plan.status,
-                     plan.solve_s, "n/a" if plan.gap is None else f"{plan.gap:.2%}")
+        if pending and (self._dirty or arrived or self.clock.now() - self._last_solve_at >= RESOLVE_EVERY_S):
+            self._decide_and_act(states, pending, report)
+            if self._dirty and self._requeued_in_act:
+                # a pool refused its scale-up: those jobs go to their next best target now, not a cycle later
+                self._decide_and_act(states, self.store.jobs([JobState.PENDING]), report)
         self._dirty = False
         self._scale_down_idle(states, report)
         self.last_states = states
         return report
+
+    def _decide_and_act(self, states: dict[str, ClusterState], pending: list[Job], report: CycleReport) -> None:
+        now = self.clock.now()
+        active = self.store.jobs(ACTIVE)
+        snap = Snapshot(now=now, states=states, pending=pending, active=active,
+                        cooling_pools=self._cooling_pools(now), avoid=self._avoid_now(now))
+        problem, refs = build_problem(self.config, snap)
+        plan = self.solver(problem)  # 3. decide
+        report.solved, report.problem, report.plan = True, problem, plan
+        self._last_solve_at = now
+        self._solved_for = {j.id for j in pending}
+        self._dirty = False
+        self._requeued_in_act = False
+        self._act(plan, refs, {j.id: j for j in pending}, states, report)  # 4. act
+        log.info("cycle: %d pending, %d started on-prem, %d burst, %d waiting (%s %s in %.2fs, gap %s)",
+                 len(pending), report.started, report.burst, report.waiting, plan.solver, plan.status,
+                 plan.solve_s, "n/a" if plan.gap is None else f"{plan.gap:.2%}")
 
     def run(self, *, max_cycles: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Cycle every `loop.interval_s` on the clock until told to stop."""
@@ -167,8 +187,8 @@ class ControlLoop:
     def _on_async_error(self, cluster: str, err: ProviderError) -> None:
         now = self.clock.now()
         self.store.record_event("error", str(err), now=now, cluster=cluster)
-        if err.pool and err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA):
-            self._cool_pool(f"{cluster}/{err.pool}", now, str(err))
+        if err.pool and err.kind in POOL_ERRORS:
+            self._pool_failed(f"{cluster}/{err.pool}", now, str(err))
         self._dirty = True
 
     # ---- 2. sync ---------------------------------------------------------------------------------
@@ -202,6 +222,9 @@ class ControlLoop:
                                          gpu_type=gpu_type,
                                          message=f"running on {job.cluster} ({', '.join(status.nodes)})"):
                     self._dirty = True
+            elif (status.phase == JobPhase.FAILED and status.interrupted and job.state != JobState.CANCELLING
+                  and self._requeue_interrupted(job, status, now)):
+                report.interrupted += 1
             elif status.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED) and job.state != JobState.CANCELLING:
                 to = JobState.SUCCEEDED if status.phase == JobPhase.SUCCEEDED else JobState.FAILED
                 self.store.finish_action(job.dispatch_key, now=now)
@@ -275,6 +298,42 @@ class ControlLoop:
         if moved:
             self._avoid.setdefault(job.id, {})[job.cluster or ""] = now + AVOID_AFTER_UNSCHEDULABLE_S
             self._dirty = True
+
+    def _requeue_interrupted(self, job: Job, status: JobStatus, now: float) -> bool:
+        """A job whose node was taken away (a spot reclaim) runs again elsewhere; False if it has been
+        interrupted too often and should fail instead."""
+        pool = job.pool or status.pool
+        if pool:
+            self._note_interruption(f"{job.cluster}/{pool}", status.nodes, now)
+        times = sum(1 for e in self.store.events(job.id) if e.kind == "interrupted")
+        if times + 1 >= MAX_INTERRUPTIONS:
+            return False
+        why = status.message or "its node was taken away"
+        with self.store.tx() as s:
+            moved = self.store.transition(
+                job.id, [job.state], JobState.PENDING, now=now, s=s, kind="interrupted",
+                message=f"{why} on {job.cluster}{'/' + pool if pool else ''}; requeued"
+                        + (" to resume from its checkpoint" if job.spec.checkpointable else ""),
+                cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None)
+            if moved:
+                # the failed Job keeps the job's name there until it is removed
+                self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=job.cluster or "",
+                                  job_id=job.id, now=now, s=s)
+        if moved:
+            self.store.finish_action(job.dispatch_key, now=now)
+            self._dirty = True
+        return moved
+
+    def _note_interruption(self, pool_id: str, nodes: tuple[str, ...], now: float) -> None:
+        """A pool that keeps losing nodes under running jobs (spot reclaims) is backed off."""
+        lost = {n: t for n, t in self._interrupted_nodes.get(pool_id, {}).items() if now - t < INTERRUPTION_WINDOW_S}
+        for n in nodes or (f"?{len(lost)}",):
+            lost.setdefault(n, now)
+        self._interrupted_nodes[pool_id] = lost
+        if len(lost) >= INTERRUPTED_NODES_BACKOFF:
+            self._interrupted_nodes.pop(pool_id)
+            self._cool_pool(pool_id, now, f"lost {len(lost)} nodes under running jobs in the last "
+                                          f"{INTERRUPTION_WINDOW_S / 60:.0f} min")
 
     def _requeue_from_unavailable(self) -> None:
         """Jobs of a cluster unavailable for longer than the grace go back to the queue, once.
@@ -477,10 +536,13 @@ class ControlLoop:
                 report.scaled.append(f"{cluster}/{pool}->{desired}")
                 self.store.record_event("scale", f"{cluster}/{pool} scaled up to {desired} node(s) for the burst",
                                         now=now, cluster=cluster)
-            elif err.kind in (ErrorKind.STOCKOUT, ErrorKind.QUOTA):
-                self._cool_pool(f"{cluster}/{pool}", now, str(err))
+            elif err.kind in POOL_ERRORS:
+                self._pool_failed(f"{cluster}/{pool}", now, str(err), states)
+                self._requeued_in_act = True
         for job, cluster, hints, gpu_type in dispatches:
             fresh = self.store.job(job.id)
+            if fresh.state != JobState.DISPATCHING or fresh.dispatch_key is None:
+                continue  # sent back to the solver: its pool refused to grow
             self._perform_dispatch(fresh, self.providers[cluster], fresh.dispatch_key, hints, gpu_type)
 
     # ---- scale-down and pool health --------------------------------------------------------------
@@ -504,6 +566,8 @@ class ControlLoop:
                 busy_nodes = sum(1 for n in state.nodes if n.pool == p.name and n.jobs > 0)
                 keep = max(p.min_nodes, busy_nodes)
                 surplus = max(ps.nodes, ps.desired_nodes) > keep and not bound.get(pid)
+                if not ps.removes_idle_first and busy_nodes:
+                    surplus = False  # the cloud would pick which nodes go, busy ones included
                 status = self._pool(pid)
                 if not surplus:
                     if status.idle_since is not None:
@@ -516,13 +580,9 @@ class ControlLoop:
                     continue
                 if now - status.idle_since < idle_s:
                     continue
-                key = f"scale:{pid}:{keep}:{now:.3f}"
-                self.store.intend("scale", key, cluster=cluster.name, pool=p.name, now=now, payload={"desired": keep})
-                err = self._perform(key, lambda c=cluster.name, pn=p.name, k=key: self.providers[c].scale_pool(pn, keep, k))
+                err = self._shrink(cluster.name, p.name, keep, now, f"{pid} scaled down to {keep} node(s) after "
+                                   f"{(now - status.idle_since) / 60:.0f} min with idle nodes")
                 if err is None:
-                    self.store.record_event("scale", f"{pid} scaled down to {keep} node(s) after "
-                                            f"{(now - status.idle_since) / 60:.0f} min with idle nodes",
-                                            now=now, cluster=cluster.name)
                     report.scaled.append(f"{pid}->{keep}")
                     status.idle_since = None
                     self.store.save_pool_status(status)
@@ -532,6 +592,66 @@ class ControlLoop:
         if status is None:
             status = self._pool_status[pool_id] = self.store.pool_status(pool_id)
         return status
+
+    def _pool_failed(self, pool_id: str, now: float, message: str,
+                     states: dict[str, ClusterState] | None = None) -> None:
+        """A pool that cannot give nodes now (stockout, quota, no permission, provisioning timed out): left
+        alone for a while, the jobs waiting for its nodes go back to the solver, and its unused size is given back."""
+        self._cool_pool(pool_id, now, message)
+        cluster_name, pool = pool_id.split("/", 1)
+        for job in self.store.jobs([JobState.DISPATCHING, JobState.DISPATCHED]):
+            if job.cluster != cluster_name or job.pool != pool:
+                continue
+            with self.store.tx() as s:
+                moved = self.store.transition(
+                    job.id, [job.state], JobState.PENDING, now=now, s=s, kind="requeued",
+                    message=f"{pool_id} cannot provide nodes now ({message}); back to the solver",
+                    cluster=None, pool=None, gpu_type=None, dispatched_at=None)
+                if moved:
+                    if job.dispatch_key:
+                        self.store.finish_action(job.dispatch_key, now=now, ok=False, error=message, s=s)
+                    # it may have reached the cluster already: remove it there before it can start late
+                    self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=cluster_name,
+                                      job_id=job.id, now=now, s=s)
+            if moved:
+                self._dirty = True
+        state = (states or self.last_states).get(cluster_name)
+        cfg = self.config.cluster(cluster_name)
+        spec = next((p for p in cfg.pools if p.name == pool), None) if isinstance(cfg, CloudCluster) else None
+        ps = state.pool(pool) if state else None
+        if spec is None or ps is None:
+            return
+        busy = sum(1 for n in state.nodes if n.pool == pool and n.jobs > 0)
+        asked = max(ps.nodes, ps.desired_nodes)
+        if asked > max(spec.min_nodes, busy) and (busy == 0 or ps.removes_idle_first):
+            self._shrink(cluster_name, pool, max(spec.min_nodes, busy), now,
+                         f"{pool_id} scaled back to {max(spec.min_nodes, busy)} node(s): it cannot provide nodes now")
+
+    def _shrink(self, cluster: str, pool: str, keep: int, now: float, event: str) -> ProviderError | None:
+        key = f"scale:{cluster}/{pool}:{keep}:{now:.3f}"
+        self.store.intend("scale", key, cluster=cluster, pool=pool, now=now, payload={"desired": keep})
+        err = self._perform(key, lambda: self.providers[cluster].scale_pool(pool, keep, key))
+        if err is None:
+            self.store.record_event("scale", event, now=now, cluster=cluster)
+        return err
+
+    def _check_provisioning(self, states: dict[str, ClusterState]) -> None:
+        """A pool still short of the nodes it was asked for after its provisioning timeout counts as failed."""
+        now = self.clock.now()
+        for cluster in self.config.clusters:
+            if not isinstance(cluster, CloudCluster) or cluster.name not in states:
+                continue
+            for p in cluster.pools:
+                pid, ps = f"{cluster.name}/{p.name}", states[cluster.name].pool(p.name)
+                if ps is None or ps.desired_nodes <= ps.ready_nodes:
+                    self._growing_since.pop(pid, None)
+                    continue
+                since = self._growing_since.setdefault(pid, now)
+                if now - since >= p.provisioning_timeout:
+                    self._growing_since.pop(pid, None)
+                    self._pool_failed(pid, now, f"{ps.desired_nodes - ps.ready_nodes} of {ps.desired_nodes} node(s) "
+                                                f"not ready {(now - since) / 60:.0f} min after the scale-up "
+                                                "(provisioning timeout)", states)
 
     def _cool_pool(self, pool_id: str, now: float, message: str) -> None:
         status = self._pool(pool_id)

@@ -41,7 +41,7 @@ def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: 
         pools = tuple(SimPool(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
                               gpus_per_node=p.gpus_per_node, cpu_per_node=p.cpu_per_node,
                               memory_gib_per_node=p.memory_gib_per_node, min_nodes=p.min_nodes,
-                              max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s)
+                              max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s, spot=p.spot)
                       for p in c.pools)
         return SimulatedCluster(c.name, clock, pools=pools, runtime=runtime, state_path=state_path)
     groups = tuple(SimNodeGroup(count=g.count, gpus_per_node=g.gpus_per_node, gpu_type=g.gpu_type,

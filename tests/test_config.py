@@ -188,8 +188,8 @@ BAD = [
         lambda d: pool(d).update(maxNodes=2),
         [
             "clusters[2].pools[0].maxNodes: unknown key (did you mean 'max_nodes'?); valid keys: name, "
-            "instance_type, spot, min_nodes, max_nodes, provisioning_delay_s, gpu_type, gpus_per_node, "
-            "cpu_per_node, memory_gib_per_node, price_per_hour"
+            "instance_type, spot, min_nodes, max_nodes, provisioning_delay_s, provisioning_timeout_s, gpu_type, "
+            "gpus_per_node, cpu_per_node, memory_gib_per_node, price_per_hour"
         ],
         id="unknown-pool-key",
     ),
