@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from providers.contract import ClusterProvider
+from providers.nodepools import NodePoolAPI
 from providers.simulated import RuntimeFn, SimNodeGroup, SimPool, SimulatedCluster
 from scheduler.clock import Clock
-from scheduler.config import CloudCluster, OnPremCluster, SpilloverConfig
+from scheduler.config import AksConfig, CloudCluster, EksConfig, GkeConfig, OnPremCluster, SpilloverConfig
 
 
 def build_providers(config: SpilloverConfig, clock: Clock, *, state_dir: Path | None = None,
-                    runtime: RuntimeFn | None = None) -> dict[str, ClusterProvider]:
-    """One provider per cluster. Simulated clusters keep their state under `state_dir` when given."""
+                    runtime: RuntimeFn | None = None,
+                    node_pool_apis: Mapping[str, NodePoolAPI] | None = None) -> dict[str, ClusterProvider]:
+    """One provider per cluster. Simulated clusters keep their state under `state_dir` when given. A cloud
+    cluster's node-pool API is built from its config section unless `node_pool_apis` has one by cluster name."""
     if runtime is None:
         def runtime(_job_id, spec, gpu_type):  # noqa: ANN001 - matches RuntimeFn
             return spec.estimated_runtime_s / config.speed(gpu_type)
     out: dict[str, ClusterProvider] = {}
     for c in config.clusters:
-        provider = _build_one(config, c, clock, state_dir, runtime)
+        provider = _build_one(config, c, clock, state_dir, runtime, node_pool_apis or {})
         if c.prometheus is not None:
             from providers.prometheus import PrometheusSignals
             from providers.signals import WithSignals
@@ -30,12 +34,25 @@ def build_providers(config: SpilloverConfig, clock: Clock, *, state_dir: Path | 
 
 
 def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: Clock, state_dir: Path | None,
-               runtime: RuntimeFn) -> ClusterProvider:
+               runtime: RuntimeFn, apis: Mapping[str, NodePoolAPI]) -> ClusterProvider:
     if c.provider == "kubernetes":
-        from providers.kubernetes import KubernetesProvider, KubeSettings
+        from providers.kubernetes import KubernetesProvider, KubeSettings, PoolInfo
 
         settings = KubeSettings(**c.kubernetes.model_dump())
-        return KubernetesProvider(c.name, settings, clock=clock)
+        if not isinstance(c, CloudCluster):
+            return KubernetesProvider(c.name, settings, clock=clock)
+        from providers.cloud import CloudClusterProvider, CloudPool
+
+        pools = [CloudPool(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type or "",
+                           gpus_per_node=p.gpus_per_node or 0, cpu_per_node=p.cpu_per_node or 0.0,
+                           memory_gib_per_node=p.memory_gib_per_node or 0.0, min_nodes=p.min_nodes,
+                           max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s, spot=p.spot)
+                 for p in c.pools]
+        api = apis.get(c.name) or node_pool_api(c)
+        kube = KubernetesProvider(c.name, settings, clock=clock, pools=[
+            PoolInfo(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type, gpus_per_node=p.gpus_per_node,
+                     min_nodes=p.min_nodes, max_nodes=p.max_nodes) for p in pools])
+        return CloudClusterProvider(c.name, kube, api, pools, clock)
     state_path = state_dir / f"{c.name}.json" if state_dir else None
     if isinstance(c, CloudCluster):
         pools = tuple(SimPool(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
@@ -48,3 +65,26 @@ def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: 
                                 cpu_per_node=g.cpu_per_node, memory_gib_per_node=g.memory_gib_per_node)
                    for g in c.node_groups)
     return SimulatedCluster(c.name, clock, node_groups=groups, runtime=runtime, state_path=state_path)
+
+
+def node_pool_api(c: CloudCluster) -> NodePoolAPI:
+    """The node-pool adapter of a cloud cluster, with the cloud SDK's standard credential chain."""
+    section = c.node_pool_api
+    if isinstance(section, EksConfig):
+        from providers.eks import EKSNodePools
+
+        return EKSNodePools(c.name, cluster_name=section.cluster_name, region=c.region, profile=section.profile,
+                            endpoint_url=section.endpoint_url, timeout_s=section.timeout_s,
+                            max_attempts=section.max_attempts)
+    if isinstance(section, GkeConfig):
+        from providers.gke import GKENodePools
+
+        return GKENodePools(c.name, project=section.project, location=section.location,
+                            cluster_name=section.cluster_name, endpoint=section.endpoint, timeout_s=section.timeout_s)
+    if isinstance(section, AksConfig):
+        from providers.aks import AKSNodePools
+
+        return AKSNodePools(c.name, subscription_id=section.subscription_id, resource_group=section.resource_group,
+                            cluster_name=section.cluster_name, base_url=section.base_url, timeout_s=section.timeout_s)
+    raise ValueError(f"clusters: {c.name}: a {c.cloud.value} cluster with provider: kubernetes needs its "
+                     "node-pool API section")
