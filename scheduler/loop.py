@@ -32,7 +32,7 @@ ACTIVE = (JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING, JobState.
 # Errors after which retrying the same call cannot help: the job goes back to the solver instead.
 FINAL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)
 # Errors after which a pool cannot give nodes for a while: its waiting jobs go elsewhere, it is left alone.
-POOL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH)
+POOL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)
 # How long a pool that stocked out or hit its quota is left alone.
 POOL_COOLOFF_S = 900.0
 # Re-plan at least this often while jobs wait, even when nothing changed.
@@ -145,6 +145,7 @@ class ControlLoop:
 
     def _observe(self, report: CycleReport) -> dict[str, ClusterState]:
         states: dict[str, ClusterState] = {}
+        found: list[tuple[str, ProviderError]] = []
         statuses = self.store.cluster_statuses()
         for name, provider in self.providers.items():
             status = statuses.get(name) or self.store.cluster_status(name)
@@ -178,17 +179,18 @@ class ControlLoop:
                 status.signals = signals
                 self.store.save_cluster_status(status)
             self._accrued_until[name] = status.accrued_until
-            for err in errors:
-                self._on_async_error(name, err)
             states[name] = state
+            found.extend((name, err) for err in errors)
             report.observed += 1
+        for name, err in found:  # after every cluster is seen, so a failed pool's size is this cycle's
+            self._on_async_error(name, err, states)
         return states
 
-    def _on_async_error(self, cluster: str, err: ProviderError) -> None:
+    def _on_async_error(self, cluster: str, err: ProviderError, states: dict[str, ClusterState]) -> None:
         now = self.clock.now()
         self.store.record_event("error", str(err), now=now, cluster=cluster)
         if err.pool and err.kind in POOL_ERRORS:
-            self._pool_failed(f"{cluster}/{err.pool}", now, str(err))
+            self._pool_failed(f"{cluster}/{err.pool}", now, str(err), states)
         self._dirty = True
 
     # ---- 2. sync ---------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ class NodeBridge:
 
     def __init__(self, kube: FakeKube, pool: str, size: Callable[[], int], *, pool_label: str, gpus: int = 8,
                  gpu_product: str = "NVIDIA-A100-SXM4-80GB", boot_s: float = 0.5,
-                 stalled: Callable[[], bool] = lambda: False, cpu: int = 96, memory_gib: int = 1152) -> None:
-        self.kube, self.pool, self._size, self._stalled = kube, pool, size, stalled
+                 stalled: Callable[[], bool] = lambda: False, on_stall: Callable[[], None] = lambda: None,
+                 cpu: int = 96, memory_gib: int = 1152) -> None:
+        self.kube, self.pool, self._size, self._stalled, self._on_stall = kube, pool, size, stalled, on_stall
         self.pool_label, self.gpus, self.gpu_product, self.boot_s = pool_label, gpus, gpu_product, boot_s
         self.cpu, self.memory_gib = cpu, memory_gib
         self.max_seen = 0
@@ -45,6 +46,8 @@ class NodeBridge:
         now = time.monotonic()
         if self._stalled():
             self._booting.clear()
+            if len(have) < want:
+                self._on_stall()  # e.g. the cloud reports the failed launches
         elif len(have) + len(self._booting) < want:
             self._booting += [now + self.boot_s] * (want - len(have) - len(self._booting))
         while self._booting and self._booting[0] <= now and len(have) < want:
