@@ -58,7 +58,7 @@ def world(tmp_path, monkeypatch):
         kubes[name].write_kubeconfig(kubeconfig, context=name)
     kubes["onprem"].add_node("onprem-gpu-0", gpus=8, gpu_product=A100)
     eks = EKSPeer()
-    eks.add_nodegroup("p4d", max_size=1)
+    eks.add_nodegroup("p4d", max_size=2)
     gke = GKEPeer(operation_s=0.2, require_token=GKE_TOKEN).start()
     gke.add_pool("a2", machine_type="a2-highgpu-8g", size=0, min_size=0, max_size=1)
     aks = AKSPeer(operation_delay_s=0.2).start()
@@ -82,7 +82,7 @@ def world(tmp_path, monkeypatch):
     aks.stop()
 
 
-def write_config(w: World) -> Path:
+def write_config(w: World, **aws_pool) -> Path:
     def kube(context: str) -> dict:
         return {"kubeconfig": str(w.kubeconfig), "context": context, "request_timeout_s": 2}
 
@@ -98,7 +98,8 @@ def write_config(w: World) -> Path:
             {"name": "aws", "kind": "cloud", "provider": "kubernetes", "cloud": "aws", "region": REGION,
              "kubernetes": kube("aws"), "eks": {"cluster_name": w.eks.cluster_name, "endpoint_url": w.eks.url,
                                                 "timeout_s": 2, "max_attempts": 2},
-             "pools": [{"name": "p4d", "instance_type": "p4d.24xlarge", "max_nodes": 1, "provisioning_delay_s": 1}]},
+             "pools": [{"name": "p4d", "instance_type": "p4d.24xlarge", "max_nodes": 1, "provisioning_delay_s": 1,
+                        **aws_pool}]},
             {"name": "gcp", "kind": "cloud", "provider": "kubernetes", "cloud": "gcp", "region": "us-central1",
              "kubernetes": kube("gcp"), "gke": {"project": w.gke.project, "location": w.gke.location,
                                                 "cluster_name": w.gke.cluster},
@@ -117,8 +118,8 @@ def write_config(w: World) -> Path:
     return path
 
 
-def make_loop(w: World) -> tuple[ControlLoop, Store]:
-    config = load_config(write_config(w))
+def make_loop(w: World, **aws_pool) -> tuple[ControlLoop, Store]:
+    config = load_config(write_config(w, **aws_pool))
     clock = RealClock()
     gke_client = container_v1.ClusterManagerClient(credentials=Credentials(token=GKE_TOKEN), transport="rest",
                                                    client_options={"api_endpoint": w.gke.endpoint})
@@ -145,9 +146,9 @@ def drive(loop: ControlLoop, done, timeout: float = 60.0, reports: list[CycleRep
     raise AssertionError("timed out")
 
 
-def job(name: str, runtime_s: float) -> JobSpec:
+def job(name: str, runtime_s: float, **kw) -> JobSpec:
     return JobSpec(name=name, queue="research", image="ghcr.io/acme/train:1", gpus=8, cpu=8, memory_gib=64,
-                   estimated_runtime_s=runtime_s)
+                   estimated_runtime_s=runtime_s, **kw)
 
 
 def fill_on_prem(loop: ControlLoop, store: Store) -> str:
@@ -198,3 +199,38 @@ def test_a_stockout_on_the_cheapest_cloud_sends_the_job_to_the_next_cheapest_wit
     assert world.eks.size("p4d") == 0  # the stocked-out node group was given back
     drive(loop, lambda: store.job(j.id).state == JobState.SUCCEEDED, timeout=60)
     assert j.id not in cloud_jobs(world, "aws")
+
+
+def test_a_pool_is_not_shrunk_while_a_node_of_it_is_busy_because_the_cloud_picks_which_node_goes(world):
+    loop, store = make_loop(world, max_nodes=2)
+    fill_on_prem(loop, store)
+    short, long = store.submit([job("short", 200), job("long", 800)], now=time.time(), teams={})
+    sizes: list[int] = []
+
+    def long_done() -> bool:
+        sizes.append(world.eks.size("p4d"))
+        return store.job(long.id).state in (JobState.SUCCEEDED, JobState.FAILED)
+
+    drive(loop, long_done, timeout=60)
+    assert store.job(short.id).cluster == store.job(long.id).cluster == "aws"
+    assert store.job(long.id).state == JobState.SUCCEEDED
+    assert not [e for e in store.events(long.id) if e.kind == "interrupted"]
+    assert 2 in sizes and 1 not in sizes[sizes.index(2):]  # idle after `short`, yet kept while `long` ran
+    drive(loop, lambda: world.eks.size("p4d") == 0, timeout=20)
+
+
+def test_a_job_whose_spot_node_is_reclaimed_is_rerun_once_its_old_job_is_removed(world):
+    loop, store = make_loop(world, spot=True)
+    fill_on_prem(loop, store)
+    (j,) = store.submit([job("ckpt", 600, checkpointable=True)], now=time.time(), teams={})
+    drive(loop, lambda: store.job(j.id).state == JobState.RUNNING)
+    assert store.job(j.id).cluster == "aws"
+    [node] = world.bridges["aws"].nodes()
+    world.kubes["aws"].remove_node(node)  # the spot instance is taken back; the node group boots another
+    drive(loop, lambda: any(e.kind == "interrupted" for e in store.events(j.id)), timeout=20)
+    drive(loop, lambda: store.job(j.id).state == JobState.SUCCEEDED, timeout=60)
+    events = [(e.kind, e.message) for e in store.events(j.id)]
+    assert [k for k, _ in events].count("interrupted") == 1, events
+    assert store.job(j.id).attempts == 2
+    [kjob] = [k for k in cloud_jobs(world, store.job(j.id).cluster).values()]
+    assert kjob["metadata"]["annotations"]["spillover/request-id"].endswith(":2")
