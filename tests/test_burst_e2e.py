@@ -181,6 +181,13 @@ def test_bursts_to_eks_gke_and_aks_runs_there_and_every_pool_returns_to_zero(wor
     for pool in ("aws/p4d", "gcp/a2", "azure/nd96"):
         assert any(m.startswith(f"{pool} scaled up to 1") for m in scale_events), scale_events
         assert any(m.startswith(f"{pool} scaled down to 0") for m in scale_events), scale_events
+    # one resize up and one down per pool, however many cycles watched them
+    resizes = {"aws": world.eks.proxy.count("POST /clusters/" + world.eks.cluster_name + "/node-groups/p4d/update-config"),
+               "gcp": sum(n for (m, k), n in world.gke.requests.items() if m == "POST"),
+               "azure": sum(n for (m, k), n in world.aks.requests.items() if m == "PUT")}
+    assert resizes == {"aws": 2, "gcp": 2, "azure": 2}, resizes
+    print("\nnode-pool API requests over the run:",
+          {"aws": dict(world.eks.proxy.requests), "gcp": dict(world.gke.requests), "azure": dict(world.aks.requests)})
 
 
 def test_a_stockout_on_the_cheapest_cloud_sends_the_job_to_the_next_cheapest_within_two_cycles(world):
