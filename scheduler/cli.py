@@ -32,6 +32,8 @@ app = typer.Typer(help="Spillover: one global queue for GPU training jobs across
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+prices_app = typer.Typer(help="Keep the GPU price catalog current.", no_args_is_help=True)
+app.add_typer(prices_app, name="prices")
 out = Console()
 err = Console(stderr=True)
 
@@ -111,6 +113,39 @@ def config_validate(file: Annotated[Path, typer.Argument(help="config file to ch
     pools = sum(len(c.pools) for c in cfg.clusters if isinstance(c, CloudCluster))
     out.print(f"{file}: ok — {len(cfg.clusters)} clusters ({gpus} on-prem GPUs, {pools} cloud pools), "
               f"{len(cfg.queues)} queues")
+
+
+# ---- prices ------------------------------------------------------------------------------------------
+
+
+@prices_app.command("refresh")
+def prices_refresh(
+    cloud: Annotated[Optional[list[str]], typer.Option(
+        "--cloud", metavar="CLOUD", help="aws, gcp or azure; repeat for several (default: all three)")] = None,
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="FILE",
+        help="catalog to write (default: the config's prices.catalog, else ~/.spillover/gpu_instances.csv)")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", envvar="SPILLOVER_CONFIG", metavar="FILE",
+        help="config whose prices.catalog is read and written")] = None,
+    aws_endpoint: Annotated[Optional[str], typer.Option(
+        envvar="SPILLOVER_AWS_ENDPOINT", metavar="URL", help="endpoint URL for the Price List and EC2 APIs")] = None,
+    azure_url: Annotated[Optional[str], typer.Option(
+        envvar="SPILLOVER_AZURE_PRICES_URL", metavar="URL", help="Retail Prices API URL")] = None,
+    gcp_url: Annotated[Optional[str], typer.Option(
+        envvar="SPILLOVER_GCP_BILLING_URL", metavar="URL", help="Cloud Billing API base URL")] = None,
+    gcp_api_key: Annotated[Optional[str], typer.Option(
+        envvar="SPILLOVER_GCP_API_KEY", metavar="KEY", show_default=False,
+        help="API key instead of Application Default Credentials")] = None,
+) -> None:
+    """Re-price the catalog's rows from the AWS, GCP and Azure price APIs; a cloud that fails keeps its rows."""
+    from scheduler.prices_refresh import Endpoints, refresh_command
+
+    with user_errors():
+        endpoints = Endpoints(aws=aws_endpoint, azure=azure_url, gcp=gcp_url, gcp_api_key=gcp_api_key)
+        code = refresh_command(cloud, out_file, config, endpoints, out, err)
+    if code:
+        raise typer.Exit(code)
 
 
 # ---- jobs --------------------------------------------------------------------------------------------
