@@ -140,9 +140,11 @@ class Plan:
     new_nodes: dict[str, int]  # target id -> nodes to add now
     objective: float  # total expected dollars of the plan (run costs + delay values + new-node overhead)
     lower_bound: float | None  # LP relaxation bound on the objective, when computed
-    solver: Literal["cp-sat", "greedy"]
+    solver: Literal["cp-sat", "greedy", "baseline"]
     status: str  # "optimal", "feasible", "greedy-fallback", ...
     solve_s: float
+    # decide again after this many hours even if nothing else changes (a wait deadline that falls due)
+    revisit_h: float | None = None
 
     def decision(self, job_id: str) -> Decision:
         for d in self.decisions:

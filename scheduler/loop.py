@@ -79,6 +79,10 @@ class ControlLoop:
         self._last_solve_at = -math.inf
         self._solved_for: set[str] = set()  # pending job ids the last solve saw
         self._requeued_in_act = False
+        self._revisit_at: float | None = None  # the last plan's "decide again by then"
+        # Re-plan at least this often while jobs wait, even when nothing changed. The simulator may set it
+        # to infinity when runtimes are exact, since then time alone changes no decision but a plan's revisit.
+        self.resolve_every_s = RESOLVE_EVERY_S
         self._wait_signature: dict[str, tuple] = {}
         self.last_states: dict[str, ClusterState] = {}
         self._accrued_until: dict[str, float | None] = {}
@@ -105,7 +109,9 @@ class ControlLoop:
         report.pending = len(pending)
         # a job submitted since the last solve (by another process, too) is a change worth a solve
         arrived = any(j.id not in self._solved_for for j in pending)
-        if pending and (self._dirty or arrived or self.clock.now() - self._last_solve_at >= RESOLVE_EVERY_S):
+        now = self.clock.now()
+        due = self._revisit_at is not None and now >= self._revisit_at - 1e-6
+        if pending and (self._dirty or arrived or due or now - self._last_solve_at >= self.resolve_every_s):
             self._decide_and_act(states, pending, report)
             if self._dirty and self._requeued_in_act:
                 # a pool refused its scale-up: those jobs go to their next best target now, not a cycle later
@@ -124,6 +130,7 @@ class ControlLoop:
         plan = self.solver(problem)  # 3. decide
         report.solved, report.problem, report.plan = True, problem, plan
         self._last_solve_at = now
+        self._revisit_at = now + plan.revisit_h * 3600.0 if plan.revisit_h is not None else None
         self._solved_for = {j.id for j in pending}
         self._dirty = False
         self._requeued_in_act = False
@@ -675,8 +682,11 @@ class ControlLoop:
         return out
 
     def next_wakeup(self) -> float | None:
-        """The earliest time something the loop waits for happens on its own (for the simulator)."""
-        return None
+        """The earliest time the loop will re-plan on its own though nothing changes (for the simulator)."""
+        times = [self._revisit_at] if self._revisit_at is not None else []
+        if self._solved_for and math.isfinite(self.resolve_every_s):
+            times.append(self._last_solve_at + self.resolve_every_s)
+        return min(times) if times else None
 
 
 # A GPU allocated to a pod but busier than this is not idle.

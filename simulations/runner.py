@@ -11,10 +11,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from placement import PlacementProblem, Plan
 from providers.contract import ClusterProvider
+from providers.simulated import RuntimeFn
 from scheduler.clock import SimClock
 from scheduler.config import CloudCluster, SpilloverConfig
-from scheduler.loop import RESOLVE_EVERY_S, ControlLoop, CycleReport
+from scheduler.loop import ControlLoop, CycleReport
 from scheduler.model import JobSpec, JobState
 from scheduler.store import Store
 from scheduler.wiring import build_providers
@@ -44,10 +46,17 @@ Progress = Callable[[float, int, int], None]  # (simulated seconds so far, jobs 
 def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Store, *, clock: SimClock | None = None,
                    providers: dict[str, ClusterProvider] | None = None, max_sim_s: float = 30 * 86400.0,
                    progress: Progress | None = None,
-                   on_cycle: Callable[[CycleReport], None] | None = None) -> RunResult:
+                   on_cycle: Callable[[CycleReport], None] | None = None,
+                   solver: Callable[[PlacementProblem], Plan] | None = None,
+                   runtime: RuntimeFn | None = None, resolve_every_s: float | None = None) -> RunResult:
+    """Replay `arrivals` through the real loop. `solver` replaces Spillover's (a baseline rule); `runtime` gives
+    each job's true runtime when it differs from its estimate; `resolve_every_s` overrides the loop's periodic
+    re-plan (infinity: only when something changes or a plan asks to be revisited)."""
     clock = clock or SimClock()
-    providers = providers if providers is not None else build_providers(config, clock)
-    loop = ControlLoop(config, store, providers, clock)
+    providers = providers if providers is not None else build_providers(config, clock, runtime=runtime)
+    loop = ControlLoop(config, store, providers, clock, **({"solver": solver} if solver is not None else {}))
+    if resolve_every_s is not None:
+        loop.resolve_every_s = resolve_every_s
     start = clock.now()
     tick = config.loop.interval_s
     teams = {q.name: q.team for q in config.queues}
@@ -98,8 +107,9 @@ def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], store:
         if nxt is not None:
             times.append(nxt)
     counts = store.count_by_state()
-    if counts.get(JobState.PENDING):
-        times.append(now + RESOLVE_EVERY_S)
+    wake = loop.next_wakeup()
+    if counts.get(JobState.PENDING) and wake is not None:
+        times.append(max(now, wake))
     if any(counts.get(s) for s in (JobState.DISPATCHING, JobState.CANCELLING)) or store.open_actions():
         times.append(now)  # something is half done: look again at the next tick
     idle_s = config.policy.scale_down_idle_s
