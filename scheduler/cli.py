@@ -394,6 +394,80 @@ def _crash_hook_from_env():
     return hook
 
 
+# ---- simulate ----------------------------------------------------------------------------------------
+
+REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "simulate" / "reference.yaml"
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or () for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def simulate(
+    workload: Annotated[Path, typer.Option("--workload", "-w", metavar="FILE",
+                                           help="canonical CSV or a trace: Philly, Helios, Alibaba PAI / GPU 2023")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE",
+                                                   help="clusters and policy (default: the reference setting)")] = None,
+    policy: Annotated[Optional[list[str]], typer.Option(
+        "--policy", "-p", metavar="P",
+        help="spillover, no-wait, constant-wait, compute-wait, onprem-only; repeat or comma-separate (default: all)")] = None,
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        "--sweep", metavar="KNOB=v1,v2", help="value_of_time (spillover), wait_h (constant-wait), k (compute-wait)")] = None,
+    queue: Annotated[Optional[list[str]], typer.Option(
+        "--queue", metavar="Q", help="the baselines' on-prem queue: fifo (with skipping), easy (backfill); default easy")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="where results go")] = Path("simulate-out"),
+    fmt: Annotated[str, typer.Option("--format", help="workload format (default: detected)")] = "auto",
+    strict: Annotated[bool, typer.Option("--strict/--skip-bad", help="reject the workload at its first bad row, or "
+                                         "skip bad rows and report them")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="replay only the first N jobs", min=1)] = None,
+    estimate_error: Annotated[Optional[float], typer.Option(
+        help="runtime estimates off by up to this fraction (0.5: +-50%); true runtimes unchanged", min=0.0, max=0.95)] = None,
+    seed: Annotated[int, typer.Option(help="seed of the estimate errors")] = 0,
+) -> None:
+    """Replay a workload through the real loop under Spillover and the baseline burst rules; write results and a
+    Pareto plot of cloud cost against average job completion time."""
+    from simulations.simulate import parse_sweeps, plan_runs, run_one, write_results
+    from simulations.workloads import load_workload, to_arrivals
+
+    with user_errors():
+        cfg = load_config(config or REFERENCE_CONFIG)
+        runs = plan_runs(_split(policy) or ["spillover", "no-wait", "constant-wait", "compute-wait", "onprem-only"],
+                         parse_sweeps(list(sweep or ())), _split(queue) or ["easy"], cfg)
+        jobs, report = load_workload(workload, fmt, strict=strict)
+        err.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+        if limit is not None:
+            jobs = jobs[:limit]
+        if not jobs:
+            raise UserError(f"{workload}: no jobs to replay")
+        replay = to_arrivals(jobs, estimate_error=estimate_error, seed=seed)
+        onprem = sum(c.total_gpus for c in cfg.clusters if not isinstance(c, CloudCluster))
+        out.print(f"replaying {len(replay.arrivals):,} jobs on {onprem} on-prem GPUs, {len(runs)} run(s)"
+                  + (f", estimates off by up to {estimate_error:.0%}" if estimate_error else ""))
+        results = []
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=out) as bar:
+            overall = bar.add_task("runs", total=len(runs))
+            for spec in runs:
+                task = bar.add_task(f"  {spec.label}", total=len(replay.arrivals))
+
+                def progress(sim_s: float, done: int, _submitted: int, task=task) -> None:
+                    bar.update(task, completed=done)
+
+                m = run_one(cfg, replay, spec, estimates_exact=not estimate_error, progress=progress)
+                bar.remove_task(task)
+                bar.advance(overall)
+                results.append(m)
+                out.print(f"{spec.label:<32} cloud {m.cloud_gpu_hours:>10,.0f} GPU-h  ${m.cloud_usd:>11,.0f}  "
+                          f"JCT avg {m.jct_avg_h:6.2f} h p99 {m.jct_p99_h:7.1f} h  wait {m.wait_avg_h:5.2f} h  "
+                          f"on-prem {m.onprem_utilization:4.0%}  ({m.wall_s:.0f} s)", markup=False, highlight=False)
+        title = (f"{workload.name}: {len(replay.arrivals):,} jobs, {onprem} on-prem GPUs"
+                 + (f", estimates +-{estimate_error:.0%}" if estimate_error else ""))
+        files = write_results(out_dir, results, title=title)
+        out.print(f"lower bound on cloud GPU-hours: {results[0].lower_bound_cloud_gpu_hours:,.0f}; wrote "
+                  + ", ".join(str(f) for f in files))
+
+
 # ---- demo --------------------------------------------------------------------------------------------
 
 

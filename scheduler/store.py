@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -35,8 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.pool import StaticPool
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from scheduler.errors import StoreUnavailableError, UnknownJobError
 from scheduler.model import JobSpec, JobState
@@ -164,17 +165,21 @@ class Job:
 
     @cached_property
     def spec(self) -> JobSpec:
-        return JobSpec.model_validate_json(self.spec_json)
+        return _parse_spec(self.spec_json)
 
     @property
     def dispatch_key(self) -> str:
         return f"dispatch:{self.id}:{self.attempts}"
 
     @staticmethod
-    def of(row: JobRow) -> Job:
+    def of(row: Any) -> Job:
         return Job(row.id, row.name, row.queue, row.team, row.spec, row.gpus, row.priority, JobState(row.state),
                    row.cluster, row.pool, row.gpu_type, row.reason, row.attempts, row.submitted_at,
                    row.dispatched_at, row.started_at, row.finished_at)
+
+
+# A job's spec never changes once stored, and every cycle reads the active jobs again: parse each spec once.
+_parse_spec = lru_cache(maxsize=65536)(JobSpec.model_validate_json)
 
 
 @dataclass(frozen=True)
@@ -293,23 +298,26 @@ class Store:
 
     def jobs(self, states: Iterable[JobState] | None = None, queue: str | None = None,
              limit: int | None = None) -> list[Job]:
-        q = select(JobRow)
+        t = JobRow.__table__
+        # plain rows, not ORM objects: the loop reads the active jobs several times a cycle
+        q = select(*t.c)
         if states is not None:
-            q = q.where(JobRow.state.in_([st.value for st in states]))
+            q = q.where(t.c.state.in_([st.value for st in states]))
         if queue is not None:
-            q = q.where(JobRow.queue == queue)
-        q = q.order_by(JobRow.submitted_at, JobRow.id)
+            q = q.where(t.c.queue == queue)
+        q = q.order_by(t.c.submitted_at, t.c.id)
         if limit is not None:
             q = q.limit(limit)
-        with self.tx() as s:
-            return [Job.of(r) for r in s.scalars(q)]
+        with self.engine.connect() as conn:
+            return [Job.of(r) for r in conn.execute(q)]
 
     def jobs_by_ids(self, ids: Iterable[str]) -> dict[str, Job]:
         ids = list(ids)
         out: dict[str, Job] = {}
-        with self.tx() as s:
+        t = JobRow.__table__
+        with self.engine.connect() as conn:
             for i in range(0, len(ids), 500):  # keeps IN lists within every backend's limits
-                for r in s.scalars(select(JobRow).where(JobRow.id.in_(ids[i:i + 500]))):
+                for r in conn.execute(select(*t.c).where(t.c.id.in_(ids[i:i + 500]))):
                     out[r.id] = Job.of(r)
         return out
 
@@ -457,7 +465,10 @@ class Store:
 
     def accrue_many(self, accruals: dict[str, tuple[float, list[LedgerEntry]]]) -> None:
         """`accrue` for several clusters in one transaction."""
+        t = LedgerRow.__table__
         with self.tx() as s, s.no_autoflush:
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
             for cluster, (until, entries) in accruals.items():
                 status = s.get(ClusterStatusRow, cluster)
                 if status is None:
@@ -469,19 +480,37 @@ class Store:
                     continue
                 # an accrual touches one or two hour buckets: read their rows once, then add in memory
                 buckets = sorted({e.bucket for e in entries})
-                existing = {(r.bucket, r.node, r.job_id): r for r in s.scalars(
-                    select(LedgerRow).where(LedgerRow.cluster == cluster, LedgerRow.bucket.in_(buckets)))}
+                existing = {(r.bucket, r.node, r.job_id): [r.id, r.gpu_hours, r.node_hours, r.usd]
+                            for r in s.execute(select(t.c.id, t.c.bucket, t.c.node, t.c.job_id, t.c.gpu_hours,
+                                                      t.c.node_hours, t.c.usd)
+                                               .where(t.c.cluster == cluster, t.c.bucket.in_(buckets)))}
+                fresh: dict[tuple[float, str, str], dict[str, Any]] = {}
+                touched: dict[int, list] = {}
                 for e in entries:
-                    row = existing.get((e.bucket, e.node, e.job_id))
-                    if row is None:
-                        row = existing[(e.bucket, e.node, e.job_id)] = LedgerRow(
+                    key = (e.bucket, e.node, e.job_id)
+                    row = existing.get(key)
+                    if row is not None:
+                        row[1] += e.gpu_hours
+                        row[2] += e.node_hours
+                        row[3] += e.usd
+                        touched[row[0]] = row
+                        continue
+                    new_row = fresh.get(key)
+                    if new_row is None:
+                        new_row = fresh[key] = dict(
                             bucket=e.bucket, cluster=e.cluster, cloud=e.cloud, region=e.region, pool=e.pool,
                             instance_type=e.instance_type, spot=e.spot, node=e.node, job_id=e.job_id,
                             queue=e.queue, team=e.team, gpu_hours=0.0, node_hours=0.0, usd=0.0)
-                        s.add(row)
-                    row.gpu_hours += e.gpu_hours
-                    row.node_hours += e.node_hours
-                    row.usd += e.usd
+                    new_row["gpu_hours"] += e.gpu_hours
+                    new_row["node_hours"] += e.node_hours
+                    new_row["usd"] += e.usd
+                inserts += fresh.values()
+                updates += [{"rid": r[0], "g": r[1], "n": r[2], "u": r[3]} for r in touched.values()]
+            if inserts:
+                s.execute(t.insert(), inserts)
+            if updates:
+                s.execute(t.update().where(t.c.id == bindparam("rid"))
+                          .values(gpu_hours=bindparam("g"), node_hours=bindparam("n"), usd=bindparam("u")), updates)
 
     def ledger_totals(self, by: str, *, since: float | None = None, until: float | None = None
                       ) -> list[tuple[str, float, float, float]]:

@@ -1,0 +1,201 @@
+"""`spillover simulate`: replay a workload against a config under Spillover's solver and the baseline burst
+rules, over sweeps of each policy's knob, and write the results (JSON, CSV) and a Pareto plot of cloud cost
+against average job completion time."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.clock import SimClock
+from scheduler.config import SpilloverConfig, parse_config
+from scheduler.errors import UserError
+from scheduler.store import Store
+from scheduler.wiring import build_providers
+from simulations.baselines import POLICIES, baseline_solver, rule
+from simulations.metrics import RunMetrics, measure
+from simulations.runner import run_simulation
+from simulations.workloads import Replay
+
+# Each policy's knob, and the values a sweep takes when none is given.
+KNOBS = {"spillover": "value_of_time", "constant-wait": "wait_h", "compute-wait": "k"}
+DEFAULT_SWEEPS = {
+    "value_of_time": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],  # dollars one GPU-hour of waiting is worth
+    "wait_h": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],  # Constant-Wait's T
+    "k": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],  # Compute-Wait: wait at most k x GPUs x runtime
+}
+QUEUES = ("fifo", "easy")
+
+
+class SimulateError(UserError):
+    """A bad option to `spillover simulate`."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One replay: a policy, its knob's value (if it has one) and, for baselines, the on-prem queue."""
+
+    policy: str
+    value: float | None = None
+    queue: str = ""
+
+    @property
+    def knob(self) -> str | None:
+        return KNOBS.get(self.policy)
+
+    @property
+    def setting(self) -> str:
+        return f"{self.knob}={self.value:g}" if self.knob and self.value is not None else ""
+
+    @property
+    def label(self) -> str:
+        parts = [self.policy] + ([self.queue] if self.queue else []) + ([self.setting] if self.setting else [])
+        return " ".join(parts)
+
+
+def parse_sweeps(items: Sequence[str]) -> dict[str, list[float]]:
+    """`KNOB=v1,v2,...` options into {knob: values}; a bad one is a one-line error naming the valid knobs."""
+    out: dict[str, list[float]] = {}
+    knobs = sorted(set(KNOBS.values()))
+    for item in items:
+        knob, sep, values = item.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not sep or knob not in knobs:
+            raise SimulateError(f"--sweep: expected KNOB=v1,v2,... with KNOB one of {', '.join(knobs)} (got {item!r})")
+        try:
+            vals = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SimulateError(f"--sweep {knob}: values must be numbers separated by commas (got {values!r})") from None
+        if not vals or any(not math.isfinite(v) or v < 0 for v in vals):
+            raise SimulateError(f"--sweep {knob}: give one or more numbers >= 0 (got {values!r})")
+        out[knob] = vals
+    return out
+
+
+def plan_runs(policies: Sequence[str], sweeps: dict[str, list[float]], queues: Sequence[str],
+              config: SpilloverConfig) -> list[RunSpec]:
+    """Every replay to make: one per policy x knob value (x queue discipline for the baselines)."""
+    for p in policies:
+        if p not in POLICIES:
+            raise SimulateError(f"--policy: unknown policy {p!r}; valid: {', '.join(POLICIES)}")
+    for q in queues:
+        if q not in QUEUES:
+            raise SimulateError(f"--queue: unknown discipline {q!r}; valid: {', '.join(QUEUES)}")
+    runs: list[RunSpec] = []
+    for p in policies:
+        knob = KNOBS.get(p)
+        if knob is None:
+            values: list[float | None] = [None]
+        elif knob in sweeps:
+            values = list(sweeps[knob])
+        elif p == "spillover":
+            values = [config.policy.value_of_time_per_gpu_hour]
+        else:
+            values = list(DEFAULT_SWEEPS[knob])
+        for v in values:
+            for q in ([""] if p == "spillover" else queues):
+                runs.append(RunSpec(p, v, q))
+    return runs
+
+
+def with_queues(config: SpilloverConfig, queues: set[str], **policy: float) -> SpilloverConfig:
+    """The config with every queue the workload names (missing ones inherit the policy's value of time),
+    the policy changed as given, and a private in-memory store."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    known = {q["name"] for q in data["queues"]}
+    data["queues"] += [{"name": q} for q in sorted(queues - known)]
+    data["store"] = {"url": "sqlite://"}
+    data["policy"].update(policy)
+    return parse_config(data, source="simulate", catalog=config.catalog)
+
+
+def run_one(config: SpilloverConfig, replay: Replay, spec: RunSpec, *, estimates_exact: bool,
+            progress: Callable[[float, int, int], None] | None = None) -> RunMetrics:
+    """Replay the workload once under `spec` and measure it."""
+    queues = {a.spec.queue for a in replay.arrivals}
+    changes = {"value_of_time_per_gpu_hour": spec.value} if spec.policy == "spillover" and spec.value is not None else {}
+    cfg = with_queues(config, queues, **changes)
+    if spec.policy == "spillover":
+        solver = None
+    else:
+        knob = {"wait_h": spec.value or 0.0} if spec.policy == "constant-wait" else (
+            {"k": spec.value or 0.0} if spec.policy == "compute-wait" else {})
+        solver = baseline_solver(rule(spec.policy, **knob), spec.queue or "fifo")
+    store = Store(cfg.store.url)
+    clock = SimClock()
+    providers = build_providers(cfg, clock, runtime=replay.runtime(cfg.speed))
+    t0 = time.perf_counter()
+    # with exact runtimes, time alone changes no decision: the loop re-plans on changes and on plans' revisits
+    result = run_simulation(cfg, replay.arrivals, store, clock=clock, providers=providers, solver=solver,
+                            progress=progress, resolve_every_s=math.inf if estimates_exact else None,
+                            max_sim_s=_horizon_s(replay))
+    metrics = measure(store, cfg, policy=spec.policy, setting=spec.setting, queue=spec.queue,
+                      true_runtime_s=replay.true_runtime_s)
+    metrics.wall_s = time.perf_counter() - t0
+    metrics.cycles, metrics.solves, metrics.solve_s = result.cycles, result.solves, result.solve_s
+    store.close()
+    return metrics
+
+
+def _horizon_s(replay: Replay) -> float:
+    """Long enough for every job to finish even if each ran alone after the last arrival."""
+    last = max((a.at_s for a in replay.arrivals), default=0.0)
+    return last + sum(replay.true_runtime_s.values()) + 86400.0
+
+
+def write_results(out: Path, results: Sequence[RunMetrics], *, title: str) -> list[Path]:
+    """results.json, results.csv and pareto.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.row() for r in results]
+    (out / "results.json").write_text(json.dumps({"title": title, "runs": rows}, indent=2) + "\n")
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    pareto_plot(results, out / "pareto.png", title=title)
+    return [out / "results.json", out / "results.csv", out / "pareto.png"]
+
+
+def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> None:
+    """Cloud GPU-hours against average JCT, one curve per policy (and queue discipline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    curves: dict[str, list[RunMetrics]] = {}
+    for r in results:
+        curves.setdefault(f"{r.policy} ({r.queue})" if r.queue else r.policy, []).append(r)
+    styles = {"spillover": ("tab:red", "o", 2.5), "no-wait": ("tab:blue", "s", 1.2),
+              "constant-wait": ("tab:green", "^", 1.2), "compute-wait": ("tab:purple", "D", 1.2),
+              "onprem-only": ("tab:gray", "x", 1.2)}
+    for name, rs in sorted(curves.items()):
+        rs = sorted(rs, key=lambda r: r.jct_avg_h)
+        color, marker, width = styles.get(rs[0].policy, ("black", ".", 1.0))
+        dashed = "--" if rs[0].queue == "fifo" else "-"
+        ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours for r in rs], dashed, color=color, marker=marker,
+                lw=width, label=name)
+        for r in rs:
+            if r.setting:
+                ax.annotate(r.setting.split("=")[1], (r.jct_avg_h, r.cloud_gpu_hours), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points", color=color)
+    if results:
+        lb = results[0].lower_bound_cloud_gpu_hours
+        ax.axhline(lb, color="black", lw=0.8, ls=":", label=f"lower bound ({lb:,.0f} GPU-h)")
+    ax.set_xlabel("average job completion time (h)")
+    ax.set_ylabel("cloud GPU-hours")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
