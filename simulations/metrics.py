@@ -41,7 +41,10 @@ class RunMetrics:
     onprem_utilization: float = 0.0  # on-prem GPU-hours used / (on-prem GPUs x arrival window)
     window_h: float = 0.0  # first to last submission
     demand_gpu_hours: float = 0.0  # every job's GPUs x runtime
-    lower_bound_cloud_gpu_hours: float = 0.0  # what is left if on-prem ran at 100% over the window
+    lower_bound_cloud_gpu_hours: float = 0.0  # what is left if on-prem ran at 100% over the arrival window
+    makespan_h: float = 0.0  # first submission to last completion
+    # strict: no plan finishing by this run's makespan can send less to the cloud
+    lower_bound_at_makespan: float = 0.0
     wall_s: float = 0.0
     cycles: int = 0
     solves: int = 0
@@ -94,6 +97,8 @@ def measure(store: Store, config: SpilloverConfig, *, policy: str, setting: str 
     jct = [(j.finished_at - j.submitted_at) / HOUR for j in measured if j.finished_at is not None]
     wait = [(j.started_at - j.submitted_at) / HOUR for j in measured if j.started_at is not None]
     window_h = (jobs[-1].submitted_at - jobs[0].submitted_at) / HOUR if n > 1 else 0.0
+    last_end = max((j.finished_at for j in done), default=jobs[0].submitted_at if jobs else 0.0)
+    makespan_h = (last_end - jobs[0].submitted_at) / HOUR if jobs else 0.0
     demand = sum(j.gpus * runtime_h(j) for j in jobs)
     onprem_used = 0.0
     if jobs and window_h > 0:
@@ -112,4 +117,5 @@ def measure(store: Store, config: SpilloverConfig, *, policy: str, setting: str 
         onprem_utilization=onprem_used / (onprem_gpus * window_h) if onprem_gpus and window_h else 0.0,
         window_h=window_h, demand_gpu_hours=demand,
         lower_bound_cloud_gpu_hours=max(0.0, demand - onprem_gpus * window_h),
+        makespan_h=makespan_h, lower_bound_at_makespan=max(0.0, demand - onprem_gpus * makespan_h),
     )

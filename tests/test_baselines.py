@@ -1,0 +1,80 @@
+"""The baseline burst rules as a user of `spillover simulate` would check them: who starts, who bursts, who waits,
+and how FIFO-with-skipping and EASY backfill treat a head of the queue that does not fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from placement import Action, JobDemand, Node, PlacementProblem, Release, Target
+from simulations.baselines import baseline_solver, rule
+
+
+def onprem(free: list[int], releases: tuple[Release, ...] = ()) -> Target:
+    nodes = tuple(Node(f"n{i}", g, 96, 1024, idle=(g == 8)) for i, g in enumerate(free))
+    return Target("onprem", "onprem", "A100", 8, 96, 1024, 0.0, nodes=nodes, releases=releases)
+
+
+def cloud() -> Target:
+    return Target("cloud-8", "cloud", "A100", 8, 96, 1152, 24.0, max_new_nodes=100, label="cloud/gpu8")
+
+
+def job(jid: str, gpus: int, runtime_h: float = 2.0, waited_h: float = 0.0, **kw) -> JobDemand:
+    return JobDemand(jid, gpus, runtime_h, 4.0, waited_h=waited_h, **kw)
+
+
+def plan(policy: str, jobs, targets, queue: str = "fifo", **knob):
+    return baseline_solver(rule(policy, **knob), queue)(PlacementProblem(tuple(jobs), tuple(targets)))
+
+
+def test_no_wait_bursts_what_does_not_fit_and_starts_the_rest_on_prem():
+    p = plan("no-wait", [job("fits", 4), job("big", 8)], [onprem([4, 0]), cloud()])
+    assert p.decision("fits").action is Action.START and p.decision("fits").nodes == ("n0",)
+    big = p.decision("big")
+    assert big.action is Action.BURST and big.target == "cloud-8" and big.nodes == ("cloud-8/new-0",)
+    assert p.new_nodes == {"cloud-8": 1}
+
+
+def test_constant_wait_waits_until_its_deadline_and_asks_to_be_revisited_then():
+    early = plan("constant-wait", [job("j", 8, waited_h=0.5)], [onprem([0]), cloud()], wait_h=2.0)
+    assert early.decision("j").action is Action.WAIT
+    assert early.revisit_h == pytest.approx(1.5)
+    due = plan("constant-wait", [job("j", 8, waited_h=2.0)], [onprem([0]), cloud()], wait_h=2.0)
+    assert due.decision("j").action is Action.BURST and "waited 2.00 h" in due.decision("j").reason
+
+
+def test_compute_wait_budget_grows_with_gpus_times_runtime():
+    jobs = [job("small", 1, runtime_h=1.0, waited_h=0.2), job("large", 8, runtime_h=10.0, waited_h=0.2)]
+    p = plan("compute-wait", jobs, [onprem([0]), cloud()], k=0.1)  # budgets 0.1 h and 8 h
+    assert p.decision("small").action is Action.BURST
+    assert p.decision("large").action is Action.WAIT
+    assert p.revisit_h == pytest.approx(8.0 - 0.2)
+
+
+def test_onprem_only_never_bursts():
+    p = plan("onprem-only", [job("j", 8, waited_h=100.0)], [onprem([0]), cloud()])
+    assert p.decision("j").action is Action.WAIT and p.new_nodes == {} and p.revisit_h is None
+
+
+def test_fifo_with_skipping_lets_a_small_job_pass_a_head_that_does_not_fit():
+    jobs = [job("head", 8, waited_h=2.0), job("small", 2, waited_h=1.0)]
+    p = plan("onprem-only", jobs, [onprem([4])], queue="fifo")
+    assert p.decision("head").action is Action.WAIT
+    assert p.decision("small").action is Action.START
+
+
+def test_easy_backfill_admits_only_jobs_that_do_not_delay_the_heads_reservation():
+    # 4 GPUs free now, 4 more at 1 h: the 8-GPU head is reserved for 1 h
+    target = onprem([4], releases=(Release(1.0, "n0", 4, 0, 0),))
+    head = job("head", 8, waited_h=3.0)
+    short = job("short", 4, runtime_h=0.5, waited_h=2.0)  # ends before the reservation: backfilled
+    long = job("long", 4, runtime_h=5.0, waited_h=2.0)  # would hold the head back 4 h: not backfilled
+    easy = plan("onprem-only", [head, long], [target], queue="easy")
+    assert easy.decision("long").action is Action.WAIT
+    fifo = plan("onprem-only", [head, long], [target], queue="fifo")
+    assert fifo.decision("long").action is Action.START
+    assert plan("onprem-only", [head, short], [target], queue="easy").decision("short").action is Action.START
+
+
+def test_an_unknown_baseline_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match="valid: no-wait, constant-wait, compute-wait, onprem-only"):
+        rule("always-burst")
