@@ -55,6 +55,15 @@ def job_wait_costs(problem: PlacementProblem, fc: list[Forecast]) -> list[float]
     ]
 
 
+def plan_wait_costs(problem: PlacementProblem, plan: Plan) -> list[float]:
+    """Each job's cost of waiting under `plan` (consistent for its waiting jobs), as the LP bound prices it."""
+    ledger = Ledger(problem)
+    for i, d in enumerate(plan.decisions):
+        if d.action is not Action.WAIT:
+            ledger.place(i, ledger.target_index[d.target or ""], d.nodes)
+    return job_wait_costs(problem, plan_forecasts(problem, ledger))
+
+
 def settle(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], dict[int, Option | None]]:
     """Move waiting jobs to a run-now option while that is cheaper than their consistent wait.
 

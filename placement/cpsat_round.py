@@ -17,6 +17,15 @@ from placement.structure import Key, Structure
 # valid; the LP bound is computed on the unrestricted relaxation).
 MAX_OPTION_VARS = 60_000
 MIN_OPTIONS = 4
+SMALL_MODEL_VARS = 2_000  # (class, group) variables; up to this many, CP-SAT runs one worker
+
+
+class _Model(cp_model.CpModel):
+    """A CP-SAT model without the deprecated camel-case aliases, which take a millisecond to attach to each
+    new model: more than solving a small one."""
+
+    def _add_pre_pep8_methods(self) -> None:
+        pass
 
 
 @dataclass
@@ -39,7 +48,7 @@ def solve_round(
     problem = m.problem
     policy = problem.policy
     targets = problem.targets
-    model = cp_model.CpModel()
+    model = _Model()
     lin = cp_model.LinearExpr
     ov: list[cp_model.IntVar] = []  # objective variables and coefficients
     oc: list[int] = []
@@ -155,11 +164,15 @@ def solve_round(
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, time_limit)
-    solver.parameters.num_workers = 2
     # Measured on the benchmark instances: presolve spends most of a 2 s budget on a model this shape
     # (and sometimes all of it), while the LP-based workers reach a 1% gap in well under a second.
     solver.parameters.cp_model_presolve = False
-    solver.parameters.subsolvers.extend(["default_lp", "max_lp"])
+    if len(x) <= SMALL_MODEL_VARS:
+        # One worker solves a small model in about a millisecond; starting a second costs more than that.
+        solver.parameters.num_workers = 1
+    else:
+        solver.parameters.num_workers = 2
+        solver.parameters.subsolvers.extend(["default_lp", "max_lp"])
     solver.parameters.relative_gap_limit = policy.relative_gap
     st = solver.solve(model)
     if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

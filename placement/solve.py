@@ -1,4 +1,5 @@
-"""`solve`: the production entry point. CP-SAT rounds with greedy as hint and floor, plus the LP bound."""
+"""`solve`: the production entry point. Greedy first; a proof that it is optimal ends the search, otherwise
+CP-SAT rounds (or, on huge queues, LP rounds) with greedy as hint and floor, plus the LP bound."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import time
 from dataclasses import replace
 
 from placement.bound import lp_bound
+from placement.certify import proven_optimal
 from placement.cpsat import cpsat_settled
+from placement.greedy import greedy_settled
 from placement.types import PlacementProblem, Plan
 
 
@@ -14,14 +17,25 @@ def solve(problem: PlacementProblem) -> Plan:
     """The cheapest consistent plan found within `policy.time_limit_s`; never worse than greedy's.
 
     `lower_bound` is the LP bound with waiting priced by this plan's forecast (see bound.py), so
-    `plan.gap` says how far the plan is from the best plan under that pricing.
+    `plan.gap` says how far the plan is from the best plan under that pricing; it is None when
+    `policy.compute_bound` is off.
     """
     t0 = time.perf_counter()
-    settled, _ = cpsat_settled(problem)
-    bound = lp_bound(problem, settled.wait_costs, time_limit_s=max(1.0, problem.policy.time_limit_s))
+    policy = problem.policy
+    greedy = greedy_settled(problem)
+    if problem.jobs:
+        proof = proven_optimal(problem, greedy.plan.objective)
+        if proof is not None:
+            # Every plan costs at least `proof`, and the LP bound lies between the two: it is the objective.
+            obj = greedy.plan.objective
+            return replace(greedy.plan, status="optimal", lower_bound=obj if policy.compute_bound else None,
+                           solve_s=time.perf_counter() - t0)
+    left = policy.time_limit_s - (time.perf_counter() - t0)
+    settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
     obj = settled.plan.objective
-    if bound is not None and obj < bound <= obj + 1e-6 * max(1.0, obj):
-        bound = obj  # float noise of a tight LP; anything larger is left visible
-    return replace(
-        settled.plan, lower_bound=bound, solve_s=time.perf_counter() - t0
-    )
+    bound = None
+    if policy.compute_bound:
+        bound = lp_bound(problem, settled.wait_costs, time_limit_s=max(1.0, policy.time_limit_s))
+        if bound is not None and obj < bound <= obj + 1e-6 * max(1.0, obj):
+            bound = obj  # float noise of a tight LP; anything larger is left visible
+    return replace(settled.plan, lower_bound=bound, solve_s=time.perf_counter() - t0)

@@ -105,6 +105,9 @@ class Policy:
     spot_for_non_checkpointable: bool = False  # may a job that cannot checkpoint run on spot?
     time_limit_s: float = 2.0
     relative_gap: float = 0.01
+    # `solve` attaches the LP bound (plan.lower_bound, plan.gap) to every plan; a caller that does not log the
+    # gap each cycle, such as a replay that solves thousands of times, can skip its cost.
+    compute_bound: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ class Plan:
     decisions: tuple[Decision, ...]
     new_nodes: dict[str, int]  # target id -> nodes to add now
     objective: float  # total expected dollars of the plan (run costs + delay values + new-node overhead)
-    lower_bound: float | None  # LP relaxation bound on the objective, when computed
+    # a lower bound on the objective when computed: the LP relaxation's, or the objective itself when proven optimal
+    lower_bound: float | None
     solver: Literal["cp-sat", "greedy", "baseline"]
     status: str  # "optimal", "feasible", "greedy-fallback", ...
     solve_s: float

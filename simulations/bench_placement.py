@@ -1,19 +1,27 @@
-"""Placement benchmark: a realistic queue against busy on-prem clusters and cloud pools; greedy vs CP-SAT vs LP.
+"""Placement benchmark: a realistic queue against busy on-prem clusters and cloud pools; greedy vs the solver vs LP.
 
-    python -m simulations.bench_placement --jobs 1000 --targets 10 [--seed 0] [--time-limit 2]
+    python -m simulations.bench_placement --jobs 1000,10000,50000 --targets 50 [--runs 3] [--seed 0]
+    python -m simulations.bench_placement --small 3000 [--seed 0]
+    python -m simulations.bench_placement --jobs 1000 --targets 10 --detail
 
 The instance: 2-3 on-prem clusters of 8-GPU nodes, mostly busy, whose running jobs end over the next hours;
 the other targets are cloud pools drawn from the bundled price catalog (several GPU types, on-demand and
 spot); jobs of 1/2/4/8 GPUs (p = .7/.1/.15/.05) plus a few 2 x 8 gangs, runtimes log-uniform in 0.5-30 h.
-It prints figures; it does not pass or fail.
+Each size prints one line per run: the decision's time (`solve` without the LP bound, as a replay runs it),
+its objective against greedy's, and its gap to the LP bound priced by the plan's own forecast (computed
+separately, timed on its own). `--small N` instead solves N small random problems (1-50 pending jobs, 2-6
+targets, on-prem load anywhere from idle to full), the common case of a replay that solves at every arrival
+and job end, and prints the mean time per solve. It prints figures; it does not pass or fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import random
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +35,10 @@ from placement import (
     Target,
     check_plan,
     lp_bound,
+    solve,
     solve_greedy,
 )
+from placement.assemble import plan_wait_costs
 from placement.cpsat import cpsat_settled
 
 CATALOG = Path(__file__).resolve().parent.parent / "config" / "gpu_instances.csv"
@@ -37,6 +47,7 @@ SPEED = {"H100": 2.0, "A100": 1.0, "A100-80GB": 1.1, "V100": 0.5, "V100-32GB": 0
 ONPREM_SHAPES = [("A100", 96, 1024), ("H100", 192, 2048), ("A100", 128, 1024)]
 
 
+@functools.cache
 def _catalog() -> list[dict[str, str]]:
     with CATALOG.open() as f:
         return [r for r in csv.DictReader(f)]
@@ -109,15 +120,116 @@ def instance(n_jobs: int, n_targets: int, seed: int = 0) -> PlacementProblem:
     return PlacementProblem(tuple(jobs), tuple(targets), policy)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=1000)
-    ap.add_argument("--targets", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--time-limit", type=float, default=2.0)
-    args = ap.parse_args(argv)
-    problem = instance(args.jobs, args.targets, args.seed)
-    problem = replace(problem, policy=replace(problem.policy, time_limit_s=args.time_limit))
+def small_instance(rng: random.Random) -> PlacementProblem:
+    """A small problem as a replay meets it: a short queue, a few targets, on-prem anywhere from idle to full."""
+    n_targets = rng.randint(2, 6)
+    n_onprem = 1 if n_targets <= 3 else rng.choice([1, 2])
+    load = rng.random()
+    targets: list[Target] = []
+    for k in range(n_onprem):
+        gpu, cpu, mem = ONPREM_SHAPES[k % len(ONPREM_SHAPES)]
+        nodes: list[Node] = []
+        releases: list[Release] = []
+        for n in range(rng.randint(2, 12)):
+            name = f"op{k}-n{n:02d}"
+            r = rng.random()
+            used = 8 if r < load else (rng.choice([2, 4, 6, 7]) if r < load + (1 - load) * 0.3 else 0)
+            left = used
+            while left > 0:
+                g = min(rng.choice([1, 2, 4, 8]), left)
+                left -= g
+                releases.append(Release(round(math.exp(rng.uniform(math.log(0.1), math.log(24))), 2), name, g,
+                                        g * cpu / 8, g * mem / 8))
+            free = 8 - used
+            nodes.append(Node(name, free, free * cpu / 8, free * mem / 8, idle=used == 0))
+        targets.append(Target(f"onprem-{k}", "onprem", gpu, 8, cpu, mem, 0.0, nodes=tuple(nodes), speed=SPEED[gpu],
+                              releases=tuple(releases)))
+    rows = [r for r in _catalog() if int(r["gpus"]) in (4, 8)] + [r for r in _catalog() if int(r["gpus"]) == 1]
+    rng.shuffle(rows)
+    targets += [_cloud(rng, rows, k) for k in range(n_targets - n_onprem)]
+    jobs = []
+    for i in range(max(1, round(math.exp(rng.uniform(0, math.log(50)))))):
+        gang = rng.random() < 0.03
+        g = 8 if gang else rng.choices([1, 2, 4, 8], [0.7, 0.1, 0.15, 0.05])[0]
+        types = rng.choices([frozenset(), frozenset({"A100", "A100-80GB", "H100"}), frozenset({"H100"})],
+                            [0.6, 0.25, 0.15])[0]
+        jobs.append(JobDemand(
+            id=f"job-{i:02d}", gpus=g, nodes=2 if gang else 1,
+            runtime_h=round(math.exp(rng.uniform(math.log(0.5), math.log(30))), 2),
+            value_of_time=rng.choice([0.5, 1.5, 4.0]), cpu=10.0 * g, memory_gib=80.0 * g, gpu_types=types,
+            priority=1 if rng.random() < 0.1 else 0, checkpointable=rng.random() < 0.5,
+            waited_h=round(rng.uniform(0, 4), 2),
+        ))
+    policy = Policy(max_cloud_gpus=rng.choice([None, 32, 64, 128]), cloud_gpus_in_use=rng.choice([0, 8, 16]),
+                    idle_h=0.25)
+    return PlacementProblem(tuple(jobs), tuple(targets), policy)
+
+
+def _no_bound(policy: Policy) -> Policy:
+    """The policy a replay solves with: no LP bound per decision."""
+    return replace(policy, compute_bound=False)
+
+
+def bench_small(n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    problems = [small_instance(rng) for _ in range(n)]
+    times: list[float] = []
+    by_status: dict[str, list[float]] = {}
+    worse = bad = 0
+    ratio: list[float] = []
+    for p in problems:
+        p = replace(p, policy=_no_bound(p.policy))
+        t = time.perf_counter()
+        plan = solve(p)
+        took = time.perf_counter() - t
+        times.append(took)
+        by_status.setdefault(f"{plan.solver} {plan.status}", []).append(took)
+        greedy = solve_greedy(p)
+        if plan.objective > greedy.objective + 1e-6:
+            worse += 1
+        if greedy.objective > 0:
+            ratio.append(plan.objective / greedy.objective)
+        if check_plan(p, plan):
+            bad += 1
+    times.sort()
+    print(f"{n} small problems (seed {seed}): 1-50 pending jobs, 2-6 targets")
+    print(f"mean solve   {1000 * statistics.fmean(times):.2f} ms (median {1000 * times[len(times) // 2]:.2f} ms, "
+          f"p95 {1000 * times[int(0.95 * len(times))]:.2f} ms, total {sum(times):.1f} s)")
+    for status, ts in sorted(by_status.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {status:<22} {len(ts):>5} solves, mean {1000 * statistics.fmean(ts):.2f} ms")
+    print(f"objective    {100 * (1 - statistics.fmean(ratio)):.2f}% below greedy on average; "
+          f"worse than greedy: {worse}; check_plan violations: {bad}")
+
+
+def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float) -> None:
+    print(f"{'jobs':>6} x {'tgts':<4} {'seed':>4}  {'greedy':>18}  {'decision':>22}  {'vs greedy':>9}  "
+          f"{'status':<14} {'LP bound':>18}  {'gap':>6}  check")
+    for n in sizes:
+        for r in range(runs):
+            s = seed + r
+            problem = instance(n, n_targets, s)
+            policy = _no_bound(replace(problem.policy, time_limit_s=time_limit))
+            problem = replace(problem, policy=policy)
+            t = time.perf_counter()
+            greedy = solve_greedy(problem)
+            greedy_s = time.perf_counter() - t
+            t = time.perf_counter()
+            plan = solve(problem)
+            plan_s = time.perf_counter() - t
+            t = time.perf_counter()
+            bound = lp_bound(problem, plan_wait_costs(problem, plan), time_limit_s=120)
+            lp_s = time.perf_counter() - t
+            gap = f"{100 * (plan.objective - bound) / plan.objective:.2f}%" if bound is not None else "-"
+            below = 100 * (greedy.objective - plan.objective) / max(greedy.objective, 1e-9)
+            bad = check_plan(problem, plan)
+            print(f"{n:>6} x {n_targets:<4} {s:>4}  ${greedy.objective:>9,.0f} {greedy_s:>5.2f} s  "
+                  f"${plan.objective:>9,.0f} in {plan_s:>5.2f} s  {below:>8.1f}%  {plan.status:<14} "
+                  f"${bound or 0:>9,.0f} {lp_s:>5.2f} s  {gap:>6}  {'ok' if not bad else len(bad)}")
+
+
+def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float) -> None:
+    problem = instance(n_jobs, n_targets, seed)
+    problem = replace(problem, policy=replace(problem.policy, time_limit_s=time_limit))
 
     t = time.perf_counter()
     greedy = solve_greedy(problem)
@@ -137,9 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     acts = {a: sum(1 for d in plan.decisions if d.action.value == a) for a in ("start", "burst", "wait")}
     below = 100 * (greedy.objective - plan.objective) / max(greedy.objective, 1e-9)
     rows = [
-        ("jobs x targets", f"{args.jobs} x {args.targets} (seed {args.seed})"),
+        ("jobs x targets", f"{n_jobs} x {n_targets} (seed {seed})"),
         ("greedy", f"${greedy.objective:,.0f} in {greedy_s:.2f} s"),
-        ("cp-sat", f"${plan.objective:,.0f} in {cp_s:.2f} s (limit {args.time_limit:g} s), "
+        ("cp-sat", f"${plan.objective:,.0f} in {cp_s:.2f} s (limit {time_limit:g} s), "
                    f"{below:.1f}% below greedy"),
         ("status", f"{plan.status} (plan from {plan.solver})"),
         ("decisions", f"start {acts['start']}, burst {acts['burst']}, wait {acts['wait']}; "
@@ -159,6 +271,27 @@ def main(argv: list[str] | None = None) -> None:
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{w}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", default="1000", help="pending jobs; several sizes separated by commas")
+    ap.add_argument("--targets", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", type=int, default=1, help="instances per size (seeds seed, seed+1, ...)")
+    ap.add_argument("--time-limit", type=float, default=2.0)
+    ap.add_argument("--small", type=int, default=0, metavar="N", help="solve N small random problems instead")
+    ap.add_argument("--detail", action="store_true", help="one size: every round of the search")
+    args = ap.parse_args(argv)
+    if args.small:
+        bench_small(args.small, args.seed)
+        return
+    sizes = [int(x) for x in args.jobs.split(",") if x.strip()]
+    if args.detail:
+        for n in sizes:
+            bench_detail(n, args.targets, args.seed, args.time_limit)
+        return
+    bench_sizes(sizes, args.targets, args.seed, args.runs, args.time_limit)
 
 
 if __name__ == "__main__":
