@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench bench-observe clean
+.PHONY: install demo test test-fast services bench bench-observe bench-policies clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m simulations.bench_placement --jobs 1000 --targets 10
+
+# Spillover against the Starburst baselines on the shared workloads; results in simulations/results/
+bench-policies: $(STAMP)
+	$(BIN)/python -m simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),)
 
 bench-observe: $(STAMP)
 	$(BIN)/python -m simulations.bench_observe --nodes 1000 --pods 5000

@@ -411,9 +411,11 @@ def simulate(
                                                    help="clusters and policy (default: the reference setting)")] = None,
     policy: Annotated[Optional[list[str]], typer.Option(
         "--policy", "-p", metavar="P",
-        help="spillover, no-wait, constant-wait, compute-wait, onprem-only; repeat or comma-separate (default: all)")] = None,
+        help="spillover (value of time per GPU-hour), spillover-job (per job-hour), no-wait, constant-wait, "
+             "compute-wait, onprem-only; repeat or comma-separate (default: all but spillover-job)")] = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
-        "--sweep", metavar="KNOB=v1,v2", help="value_of_time (spillover), wait_h (constant-wait), k (compute-wait)")] = None,
+        "--sweep", metavar="KNOB=v1,v2", help="value_of_time (spillover), value_of_job_time (spillover-job), "
+                                              "wait_h (constant-wait), k (compute-wait)")] = None,
     queue: Annotated[Optional[list[str]], typer.Option(
         "--queue", metavar="Q", help="the baselines' on-prem queue: fifo (with skipping), easy (backfill); default easy")] = None,
     out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="where results go")] = Path("simulate-out"),

@@ -202,6 +202,10 @@ class QueueConfig(_Model):
     value_of_time_per_gpu_hour: NonNegativeFloat | None = Field(
         default=None, description="dollars one GPU-hour of waiting is worth here; null means the policy's"
     )
+    value_of_time_per_job_hour: NonNegativeFloat | None = Field(
+        default=None, description="dollars one hour of a job's waiting is worth here, whatever its size; "
+        "when set, used instead of the per-GPU-hour value"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -517,6 +521,11 @@ class BurstPolicy(_Model):
     value_of_time_per_gpu_hour: NonNegativeFloat = Field(
         default=4.0, description="dollars one GPU-hour of waiting is worth"
     )
+    value_of_time_per_job_hour: NonNegativeFloat | None = Field(
+        default=None,
+        description="dollars one hour of a job's waiting is worth, whatever its size; when set, used instead of "
+        "value_of_time_per_gpu_hour (so a small job's wait counts as much as a big one's, as in average JCT)",
+    )
     scale_down_idle_s: NonNegativeFloat = Field(
         default=600.0, description="seconds an idle cloud pool waits before shrinking to min_nodes"
     )
@@ -593,10 +602,16 @@ class SpilloverConfig(_Model):
         for cluster in self.cloud_clusters:
             yield from cluster.pools
 
-    def value_of_time(self, queue_name: str) -> float:
-        """Dollars one GPU-hour of waiting is worth for jobs of this queue."""
-        own = self.queue(queue_name).value_of_time_per_gpu_hour
-        return self.policy.value_of_time_per_gpu_hour if own is None else own
+    def value_of_time(self, queue_name: str, gpus: int = 1) -> float:
+        """Dollars one GPU-hour of waiting is worth for a job of this queue with `gpus` GPUs in all."""
+        q = self.queue(queue_name)
+        if q.value_of_time_per_gpu_hour is not None:
+            return q.value_of_time_per_gpu_hour
+        per_job = q.value_of_time_per_job_hour if q.value_of_time_per_job_hour is not None else (
+            self.policy.value_of_time_per_job_hour)
+        if per_job is not None:
+            return per_job / max(1, gpus)
+        return self.policy.value_of_time_per_gpu_hour
 
     def speed(self, gpu_type: str) -> float:
         return self.gpu_speeds.get(gpu_type, 1.0)

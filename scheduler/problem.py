@@ -115,7 +115,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
         JobDemand(
             id=j.id, gpus=j.spec.gpus, nodes=j.spec.nodes, cpu=j.spec.cpu, memory_gib=j.spec.memory_gib,
             gpu_types=frozenset(j.spec.gpu_types), runtime_h=j.spec.estimated_runtime_s / 3600.0,
-            value_of_time=config.value_of_time(j.queue), priority=j.priority,
+            value_of_time=config.value_of_time(j.queue, j.spec.total_gpus), priority=j.priority,
             checkpointable=j.spec.checkpointable, waited_h=max(0.0, snap.now - j.submitted_at) / 3600.0,
             allowed_targets=(frozenset(t for t, ref in refs.items() if ref.cluster not in snap.avoid[j.id])
                              if j.id in snap.avoid else None),

@@ -27,7 +27,7 @@ from placement.order import queue_order
 from placement.types import Action, Decision, JobDemand, PlacementProblem, Plan, Target
 
 Queue = Literal["fifo", "easy"]
-POLICIES = ("spillover", "no-wait", "constant-wait", "compute-wait", "onprem-only")
+POLICIES = ("spillover", "spillover-job", "no-wait", "constant-wait", "compute-wait", "onprem-only")
 EPS = 1e-9
 
 
@@ -53,7 +53,8 @@ def rule(policy: str, *, wait_h: float = 1.0, k: float = 0.1) -> BurstRule:
         return BurstRule(f"Compute-Wait(k={k:g})", lambda j: k * j.total_gpus * j.runtime_h)
     if policy == "onprem-only":
         return BurstRule("on-prem only", lambda _j: None)
-    raise ValueError(f"unknown baseline {policy!r}; valid: {', '.join(p for p in POLICIES if p != 'spillover')}")
+    raise ValueError(f"unknown baseline {policy!r}; valid: "
+                     f"{', '.join(p for p in POLICIES if not p.startswith('spillover'))}")
 
 
 def baseline_solver(burst: BurstRule, queue: Queue = "fifo") -> Callable[[PlacementProblem], Plan]:

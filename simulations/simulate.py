@@ -23,9 +23,11 @@ from simulations.runner import run_simulation
 from simulations.workloads import Replay
 
 # Each policy's knob, and the values a sweep takes when none is given.
-KNOBS = {"spillover": "value_of_time", "constant-wait": "wait_h", "compute-wait": "k"}
+KNOBS = {"spillover": "value_of_time", "spillover-job": "value_of_job_time", "constant-wait": "wait_h",
+         "compute-wait": "k"}
 DEFAULT_SWEEPS = {
     "value_of_time": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],  # dollars one GPU-hour of waiting is worth
+    "value_of_job_time": [2.0, 4.0, 8.0, 16.0, 32.0, 64.0],  # dollars one hour of a job's waiting is worth
     "wait_h": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],  # Constant-Wait's T
     "k": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],  # Compute-Wait: wait at most k x GPUs x runtime
 }
@@ -95,10 +97,12 @@ def plan_runs(policies: Sequence[str], sweeps: dict[str, list[float]], queues: S
             values = list(sweeps[knob])
         elif p == "spillover":
             values = [config.policy.value_of_time_per_gpu_hour]
+        elif p == "spillover-job" and config.policy.value_of_time_per_job_hour is not None:
+            values = [config.policy.value_of_time_per_job_hour]
         else:
             values = list(DEFAULT_SWEEPS[knob])
         for v in values:
-            for q in ([""] if p == "spillover" else queues):
+            for q in ([""] if p.startswith("spillover") else queues):
                 runs.append(RunSpec(p, v, q))
     return runs
 
@@ -118,9 +122,13 @@ def run_one(config: SpilloverConfig, replay: Replay, spec: RunSpec, *, estimates
             progress: Callable[[float, int, int], None] | None = None) -> RunMetrics:
     """Replay the workload once under `spec` and measure it."""
     queues = {a.spec.queue for a in replay.arrivals}
-    changes = {"value_of_time_per_gpu_hour": spec.value} if spec.policy == "spillover" and spec.value is not None else {}
+    changes: dict[str, float] = {}
+    if spec.policy == "spillover" and spec.value is not None:
+        changes = {"value_of_time_per_gpu_hour": spec.value}
+    elif spec.policy == "spillover-job" and spec.value is not None:
+        changes = {"value_of_time_per_job_hour": spec.value}
     cfg = with_queues(config, queues, **changes)
-    if spec.policy == "spillover":
+    if spec.policy in ("spillover", "spillover-job"):
         solver = None
     else:
         knob = {"wait_h": spec.value or 0.0} if spec.policy == "constant-wait" else (
@@ -175,7 +183,7 @@ def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> Non
     curves: dict[str, list[RunMetrics]] = {}
     for r in results:
         curves.setdefault(f"{r.policy} ({r.queue})" if r.queue else r.policy, []).append(r)
-    styles = {"spillover": ("tab:red", "o", 2.5), "no-wait": ("tab:blue", "s", 1.2),
+    styles = {"spillover": ("tab:red", "o", 2.5), "spillover-job": ("tab:orange", "o", 2.5), "no-wait": ("tab:blue", "s", 1.2),
               "constant-wait": ("tab:green", "^", 1.2), "compute-wait": ("tab:purple", "D", 1.2),
               "onprem-only": ("tab:gray", "x", 1.2)}
     for name, rs in sorted(curves.items()):

@@ -105,3 +105,19 @@ def test_a_scale_up_whose_nodes_never_come_times_out_and_the_pool_is_given_back(
     assert job.state == JobState.PENDING
     assert any("provisioning timeout" in e.message for e in store.events(job.id))
     assert providers["aws"].observe().pool("p4d").desired_nodes == 0
+
+
+def test_with_a_value_per_job_hour_small_jobs_burst_first_and_big_ones_wait(world, clock):
+    # on-prem frees in 2 h; waiting is worth $20 per job-hour whatever the job's size: a 1-GPU job's burst (an
+    # eighth of a p4d for 3 h plus the new node's boot and idle time, ~$16) is cheaper than its wait ($40), an
+    # 8-GPU job's (~$73) is not
+    config, store, providers, loop = world(policy={"value_of_time_per_job_hour": 20.0})
+    store.submit([spec("fill-1", hours=2), spec("fill-2", hours=2)], now=clock.now(), teams={})
+    loop.run_cycle()
+    small, big = store.submit([spec("small", gpus=1, hours=3), spec("big", gpus=8, hours=3)], now=clock.now(),
+                              teams={})
+    clock.advance(30)
+    loop.run_cycle()
+    assert store.job(small.id).cluster == "aws"
+    assert store.job(big.id).state == JobState.PENDING
+    assert config.value_of_time("research", 8) == pytest.approx(20.0 / 8)

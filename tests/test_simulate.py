@@ -79,8 +79,8 @@ def test_a_replay_is_deterministic_under_its_seed():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--policy", "always-burst"], "--policy: unknown policy 'always-burst'; valid: spillover, no-wait"),
-    (["--sweep", "T=1,2"], "--sweep: expected KNOB=v1,v2,... with KNOB one of k, value_of_time, wait_h"),
+    (["--policy", "always-burst"], "--policy: unknown policy 'always-burst'; valid: spillover, spillover-job, no-wait"),
+    (["--sweep", "T=1,2"], "--sweep: expected KNOB=v1,v2,... with KNOB one of k, value_of_job_time, value_of_time, wait_h"),
     (["--sweep", "k=a,b"], "--sweep k: values must be numbers"),
     (["--queue", "lifo"], "--queue: unknown discipline 'lifo'; valid: fifo, easy"),
 ])
