@@ -126,6 +126,8 @@ class LoopConfig(_Model):
 
     interval_s: PositiveFloat = Field(default=30.0, description="seconds between cycles")
     solver_time_limit_s: PositiveFloat = Field(default=2.0, description="time the solver may take per cycle")
+    solver_bound: bool = Field(default=True, description="compute the LP bound each cycle, logged as the plan's "
+                               "gap; replays turn it off to save time")
     unavailable_after: Annotated[int, Field(ge=1)] = Field(
         default=3, description="failed observations in a row after which a cluster is marked unavailable"
     )

@@ -114,6 +114,7 @@ def with_queues(config: SpilloverConfig, queues: set[str], **policy: float) -> S
     known = {q["name"] for q in data["queues"]}
     data["queues"] += [{"name": q} for q in sorted(queues - known)]
     data["store"] = {"url": "sqlite://"}
+    data["loop"]["solver_bound"] = False  # the plans, not their distance from the LP bound, make the results
     data["policy"].update(policy)
     return parse_config(data, source="simulate", catalog=config.catalog)
 
