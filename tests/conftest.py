@@ -90,3 +90,18 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'spillover.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def world(clock, sqlite_url):
+    """make(**config_changes) -> (config, store, providers, loop) on simulated clusters and the test clock."""
+    from scheduler.loop import ControlLoop
+    from scheduler.store import Store
+    from scheduler.wiring import build_providers
+
+    def make(**config_changes):
+        config = make_config(**config_changes)
+        store = Store(sqlite_url)
+        providers = build_providers(config, clock)
+        return config, store, providers, ControlLoop(config, store, providers, clock)
+    return make

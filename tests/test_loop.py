@@ -11,7 +11,6 @@ from scheduler.costs import cost_report
 from scheduler.loop import ControlLoop
 from scheduler.model import JobSpec, JobState
 from scheduler.store import Store
-from scheduler.wiring import build_providers
 from simulations.runner import Arrival, run_simulation
 
 P4D_PRICE = 21.957642  # aws us-east-1 p4d.24xlarge on-demand, from the bundled catalog
@@ -20,17 +19,6 @@ P4D_PRICE = 21.957642  # aws us-east-1 p4d.24xlarge on-demand, from the bundled 
 def spec(name: str, gpus: int = 8, hours: float = 1.0, **kw) -> JobSpec:
     return JobSpec(name=name, queue=kw.pop("queue", "research"), image="img:1", gpus=gpus,
                    estimated_runtime_s=hours * 3600, **kw)
-
-
-@pytest.fixture
-def world(clock, sqlite_url):
-    def make(**config_changes):
-        config = make_config(**config_changes)
-        store = Store(sqlite_url)
-        providers = build_providers(config, clock)
-        loop = ControlLoop(config, store, providers, clock)
-        return config, store, providers, loop
-    return make
 
 
 def submit(store, clock, *specs):

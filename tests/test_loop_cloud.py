@@ -7,12 +7,9 @@ import copy
 
 import pytest
 
-from conftest import BASE_CONFIG, make_config
+from conftest import BASE_CONFIG
 from providers.contract import ErrorKind, ProviderError
-from scheduler.loop import ControlLoop
 from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
 
 
 def spec(name: str, gpus: int = 8, hours: float = 1.0, **kw) -> JobSpec:
@@ -26,16 +23,6 @@ def clusters(**aws_pool):
                 "pools": [{"name": "a2", "instance_type": "a2-highgpu-8g", "max_nodes": 4,
                            "provisioning_delay_s": 600}]})
     return out
-
-
-@pytest.fixture
-def world(clock, sqlite_url):
-    def make(**config_changes):
-        config = make_config(**config_changes)
-        store = Store(sqlite_url)
-        providers = build_providers(config, clock)
-        return config, store, providers, ControlLoop(config, store, providers, clock)
-    return make
 
 
 def fill_on_prem(store, clock, loop):
