@@ -7,13 +7,14 @@ computed from exactly the jobs this plan keeps on-prem (the consistent objective
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import replace
 from typing import Literal
 
 from placement import reasons
 from placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
 from placement.forecast import Forecast, forecast_indexed
-from placement.ledger import Ledger, Option
+from placement.ledger import Blocked, Ledger, Option
 from placement.order import queue_order
 from placement.types import Action, Decision, PlacementProblem, Plan
 
@@ -25,15 +26,63 @@ def runs_now(option_cost: float, wait: float) -> bool:
     return option_cost <= wait + TOL
 
 
-@dataclass
 class Settled:
-    """A finished plan plus what the next CP-SAT round needs to know about it."""
+    """A priced plan plus what the next round of a search needs to know about it.
 
-    plan: Plan
-    # per job: the cost of waiting (consistent for waiting jobs, "if it alone waited" for the others)
-    wait_costs: list[float]
-    forecasts: list[Forecast]
-    ledger: Ledger  # the bindings behind the plan (new nodes under their working names)
+    Its decisions and their reasons are written out only when `plan` is first read: a search prices many
+    plans and returns one.
+    """
+
+    def __init__(
+        self,
+        problem: PlacementProblem,
+        ledger: Ledger,
+        forecasts: list[Forecast],
+        wait_costs: list[float],
+        alts: dict[int, Option | None],
+        objective: float,
+        solver: Literal["cp-sat", "greedy"],
+        status: str,
+        solve_s: float = 0.0,
+    ) -> None:
+        self.problem = problem
+        self.ledger = ledger  # the bindings behind the plan (new nodes under their working names)
+        self.forecasts = forecasts
+        # per job: the cost of waiting (consistent for waiting jobs, "if it alone waited" for the others)
+        self.wait_costs = wait_costs
+        self.alts = alts  # per waiting job: its best run-now option, for its reason
+        self.objective = objective
+        self.solver: Literal["cp-sat", "greedy"] = solver
+        self.status = status
+        self.solve_s = solve_s
+        self.bound: float | None = None  # the LP bound under this plan's own pricing, once a search solved it
+        self.lp: tuple[object, object] | None = None  # (relax.LinearModel, duals) a search left to bound it with
+        self._plan: Plan | None = None
+
+    @property
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = _explain(self)
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        self._plan = plan
+        self.status, self.solve_s = plan.status, plan.solve_s
+
+    def tagged(self, status: str, solve_s: float | None = None) -> Settled:
+        """The same plan under another status (and solve time)."""
+        other = Settled(self.problem, self.ledger, self.forecasts, self.wait_costs, self.alts, self.objective,
+                        self.solver, status, self.solve_s if solve_s is None else solve_s)
+        other.bound = self.bound
+        other.lp = self.lp
+        if self._plan is not None:
+            other._plan = replace(self._plan, status=other.status, solve_s=other.solve_s)
+        return other
+
+    def bindings(self) -> frozenset[tuple[int, int, tuple[str, ...]]]:
+        """What the plan runs where, to tell plans apart without writing them out."""
+        return frozenset((i, ti, names) for i, (ti, names) in self.ledger.binding.items())
 
 
 def plan_forecasts(problem: PlacementProblem, ledger: Ledger) -> list[Forecast]:
@@ -64,15 +113,19 @@ def plan_wait_costs(problem: PlacementProblem, plan: Plan) -> list[float]:
     return job_wait_costs(problem, plan_forecasts(problem, ledger))
 
 
-def settle(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], dict[int, Option | None]]:
+def settle(
+    problem: PlacementProblem, ledger: Ledger, forecasts: list[Forecast] | None = None
+) -> tuple[list[Forecast], dict[int, Option | None]]:
     """Move waiting jobs to a run-now option while that is cheaper than their consistent wait.
 
     Each pass moves at least the first offender (nothing before it changed), and jobs never move back to
     WAIT, so this ends after at most as many passes as there are waiting jobs (in practice one or two).
+    `forecasts`, when given, are the ledger's own (`plan_forecasts`), computed already.
     """
     order = queue_order(problem.jobs)
     while True:
-        fc = plan_forecasts(problem, ledger)
+        fc = forecasts if forecasts is not None else plan_forecasts(problem, ledger)
+        forecasts = None
         waits = job_wait_costs(problem, fc)
         alts: dict[int, Option | None] = {}
         moved = False
@@ -94,8 +147,18 @@ MAX_WAIT_TRIES = 200
 
 def consistent_total(problem: PlacementProblem, ledger: Ledger) -> float:
     """The plan's objective: run, delay and new-node costs of bound jobs, consistent waits for the rest."""
+    return priced(problem, ledger)[2]
+
+
+def priced(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], list[float], float]:
+    """The ledger's forecasts, every job's wait cost and the consistent objective, as they stand (no WAIT
+    rule applied)."""
     fc = plan_forecasts(problem, ledger)
     waits = job_wait_costs(problem, fc)
+    return fc, waits, _total(problem, ledger, waits)
+
+
+def _total(problem: PlacementProblem, ledger: Ledger, waits: list[float]) -> float:
     targets = problem.targets
     total = 0.0
     for i, job in enumerate(problem.jobs):
@@ -108,12 +171,12 @@ def consistent_total(problem: PlacementProblem, ledger: Ledger) -> float:
     return total + sum(n * new_node_cost(by_id[tid], problem.policy) for tid, n in ledger.new_nodes().items())
 
 
-def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float]) -> bool:
+def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float], deadline: float | None = None) -> bool:
     """Send a cloud job back to wait when that makes the whole plan cheaper.
 
     A burst whose own wait is cheaper than its cloud run is kept only if waiting would cost the queue
     behind it more than the difference; this pass measures exactly that, job by job, on the consistent
-    objective. Returns whether anything moved.
+    objective, until `deadline` (perf_counter seconds) if one is given. Returns whether anything moved.
     """
     targets = problem.targets
     candidates = []
@@ -129,6 +192,8 @@ def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float]) -> 
     best = consistent_total(problem, ledger)
     moved = False
     for _, i in candidates[:MAX_WAIT_TRIES]:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         ti, names = ledger.binding[i]
         fresh = [n for n in names if ledger.slots[(ti, n)].new and ledger.slots[(ti, n)].jobs == 1]
         ledger.remove(i)
@@ -148,13 +213,26 @@ def finish(
     solver: Literal["cp-sat", "greedy"],
     status: str,
     solve_s: float = 0.0,
+    deadline: float | None = None,
+    forecasts: list[Forecast] | None = None,
 ) -> Settled:
-    fc, alts = settle(problem, ledger)
+    """Apply the WAIT rule to `ledger` (and hold back bursts that cost the queue more than they save, until
+    `deadline` if one is given), forecast the plan and price it. `forecasts`: the ledger's, if known."""
+    fc, alts = settle(problem, ledger, forecasts)
     for _ in range(3):  # holding jobs back frees cloud room that waiting jobs may then take, and so on
-        if not hold_back(problem, ledger, job_wait_costs(problem, fc)):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        if not hold_back(problem, ledger, job_wait_costs(problem, fc), deadline):
             break
         fc, alts = settle(problem, ledger)
     waits = job_wait_costs(problem, fc)
+    return Settled(problem, ledger, fc, waits, alts, _total(problem, ledger, waits), solver, status, solve_s)
+
+
+def _explain(settled: Settled) -> Plan:
+    """The plan's decisions, each with its reason, and its new nodes numbered 0..n-1 per target."""
+    problem, ledger, fc, waits, alts = settled.problem, settled.ledger, settled.forecasts, settled.wait_costs, \
+        settled.alts
     targets = problem.targets
     by_id = {t.id: t for t in targets}
     policy = problem.policy
@@ -175,13 +253,20 @@ def finish(
 
     decisions: list[Decision] = []
     total = 0.0
+    why_blocked: dict[tuple, Blocked] = {}  # the ledger is final here: why a shape cannot run is the same for all
     for i, job in enumerate(problem.jobs):
         b = ledger.binding.get(i)
         f = fc[i]
         onprem_name = by_id[f.target].name if f.target is not None else ""
         if b is None:
             alt = alts.get(i)
-            blocked = ledger.blocked(i) if alt is None else None
+            blocked = None
+            if alt is None:
+                shape = (job.gpus, job.cpu, job.memory_gib, job.nodes, job.gpu_types, job.allowed_targets,
+                         job.checkpointable)
+                blocked = why_blocked.get(shape)
+                if blocked is None:
+                    blocked = why_blocked[shape] = ledger.blocked(i)
             reason = reasons.waiting(
                 job,
                 f,
@@ -215,13 +300,12 @@ def finish(
         total += cost
     new_nodes = ledger.new_nodes()
     total += sum(n * new_node_cost(by_id[tid], policy) for tid, n in new_nodes.items())
-    plan = Plan(
+    return Plan(
         decisions=tuple(decisions),
         new_nodes=new_nodes,
         objective=total,
         lower_bound=None,
-        solver=solver,
-        status=status,
-        solve_s=solve_s,
+        solver=settled.solver,
+        status=settled.status,
+        solve_s=settled.solve_s,
     )
-    return Settled(plan, waits, fc, ledger)

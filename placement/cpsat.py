@@ -26,19 +26,20 @@ jobs queued behind (see `queue_pressure`). Every round's solution is re-priced c
 `assemble.finish`, and the cheapest plan seen wins, greedy's and the LP rounding's included, so the result is
 never worse than greedy's. Before the rounds, the LP relaxation (GLOP) is solved and rounded (rounding.py);
 the better of that plan and greedy's is the first round's hint. On queues beyond CPSAT_MAX_PAIRS
-(job, target) pairs CP-SAT does not reach a useful gap in seconds on two cores, so the rounds re-round the LP
-under the other pricings instead.
+(job, target) pairs CP-SAT does not reach a useful gap in seconds on two cores; there the LP roundings are
+iterated to a fixed point of their own pricing instead (lpsearch.py).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from placement.assemble import Settled, finish
 from placement.costs import cents
 from placement.cpsat_round import bind, solve_round
 from placement.greedy import greedy_settled
+from placement.lpsearch import lp_search
 from placement.order import queue_order
 from placement.rounding import lp_rounded
 from placement.structure import Structure
@@ -50,8 +51,7 @@ from placement.types import PlacementProblem, Plan
 # then splitting the difference from the best plan so far beat every single setting on average.
 CPSAT_ROUNDS: list[tuple[str, float]] = [("start", 0.0), ("greedy", 0.5), ("best", 0.25)]
 LP_PRESSURE = 0.5  # queue pressure in the LP whose rounding starts the search
-CPSAT_MAX_PAIRS = 40_000  # (job, target) pairs; beyond, e.g. 10,000 x 50, the rounds re-round the LP
-LP_ROUNDS: list[tuple[str, float]] = [("best", 0.5), ("best", 0.25), ("best", 1.0), ("best", 0.0)] * 2
+CPSAT_MAX_PAIRS = 40_000  # (job, target) pairs; beyond, e.g. 10,000 x 50, the LP search takes over
 
 
 def queue_pressure(problem: PlacementProblem, cur: Settled) -> tuple[list[float], dict[int, float]]:
@@ -116,7 +116,7 @@ def _cpsat_round(
         return None
     settled = finish(problem, bind(m, res, wait), "cp-sat", res.status)
     took = time.perf_counter() - t0
-    info = RoundInfo(res.status, res.objective, res.bound, settled.plan.objective, took, took - res.seconds)
+    info = RoundInfo(res.status, res.objective, res.bound, settled.objective, took, took - res.seconds)
     return settled, info
 
 
@@ -130,7 +130,7 @@ def _lp_round(
         return None
     settled = finish(problem, lp[0], "cp-sat", "lp-rounded")
     took = time.perf_counter() - t0
-    return settled, RoundInfo("lp-rounded", lp[1], lp[1], settled.plan.objective, took, took)
+    return settled, RoundInfo("lp-rounded", lp[1], lp[1], settled.objective, took, took)
 
 
 def cpsat_settled(
@@ -144,6 +144,15 @@ def cpsat_settled(
     rounds: list[RoundInfo] = []
     if not problem.jobs:
         return greedy, rounds
+    # Past this size CP-SAT does not get near its gap within seconds on two cores, while the LP solves in a
+    # fraction of one; the search then iterates LP roundings instead (lpsearch.py).
+    if len(problem.jobs) * len(problem.targets) > CPSAT_MAX_PAIRS:
+        found, steps, m, duals = lp_search(problem, greedy, deadline)
+        rounds = [RoundInfo("lp-rounded", st.bound, st.bound, st.objective, st.seconds, st.seconds) for st in steps]
+        status = "lp-rounded" if found is not greedy else ("greedy-kept" if steps else "greedy-fallback")
+        found = found.tagged(status, time.perf_counter() - t0)
+        found.lp = (m, duals)
+        return found, rounds
     best, best_status = greedy, ""
     first = _lp_round(problem, greedy, LP_PRESSURE, max(0.05, 0.6 * (deadline - time.perf_counter())))
     start = greedy
@@ -151,31 +160,21 @@ def cpsat_settled(
     if first is not None:
         rounds.append(first[1])
         overhead = first[1].overhead
-        if first[0].plan.objective < best.plan.objective:
+        if first[0].objective < best.objective:
             best, best_status, start = first[0], "lp-rounded", first[0]
-    # Past this size CP-SAT does not get near its gap within seconds on two cores, while the LP solves in a
-    # few; the rounds then re-round the LP instead (same pricing, same re-pricing, same choice of the best).
-    use_cpsat = len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS
-    m = Structure(problem) if use_cpsat and time.perf_counter() < deadline else None
+    m = Structure(problem) if time.perf_counter() < deadline else None
     prev = greedy
-    tried = {(greedy.plan.objective, LP_PRESSURE)}
-    schedule = CPSAT_ROUNDS if use_cpsat else LP_ROUNDS
+    schedule = CPSAT_ROUNDS
     solved = 0  # rounds after the first LP rounding that found a plan
     for k, (origin, pressure) in enumerate(schedule):
         left = deadline - time.perf_counter() - overhead
-        if left < 0.05 and (solved or m is None):
+        if m is None or (left < 0.05 and solved):
             break
         cur = {"greedy": greedy, "start": start, "best": best, "prev": prev}[origin]
-        if m is not None:
-            # The first round may take all the time: on big queues one good solve beats several short
-            # ones. When it proves its gap early, the time left goes to the next rounds.
-            share = 0.6 if 0 < k < len(schedule) - 1 else 1.0
-            done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share))
-        elif not use_cpsat and (cur.plan.objective, pressure) not in tried:
-            tried.add((cur.plan.objective, pressure))  # the LP is deterministic: same pricing, same plan
-            done = _lp_round(problem, cur, pressure, left)
-        else:
-            continue
+        # The first round may take all the time: on big queues one good solve beats several short ones.
+        # When it proves its gap early, the time left goes to the next rounds.
+        share = 0.6 if 0 < k < len(schedule) - 1 else 1.0
+        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share))
         if done is None:
             break
         settled, info = done
@@ -183,16 +182,12 @@ def cpsat_settled(
         rounds.append(info)
         overhead = max(overhead, info.overhead)
         # On a tie the later plan wins: same cost, and it comes from the joint model.
-        if settled.plan.objective <= best.plan.objective + 1e-9:
+        if settled.objective <= best.objective + 1e-9:
             best, best_status = settled, info.status
         prev = settled
     if best is greedy:
-        status = "greedy-kept" if solved else "greedy-fallback"
-        best = replace(greedy, plan=replace(greedy.plan, status=status))
-    else:
-        best.plan = replace(best.plan, status=best_status)
-    best.plan = replace(best.plan, solve_s=time.perf_counter() - t0)
-    return best, rounds
+        best_status = "greedy-kept" if solved else "greedy-fallback"
+    return best.tagged(best_status, time.perf_counter() - t0), rounds
 
 
 def solve_cpsat(problem: PlacementProblem) -> Plan:

@@ -14,6 +14,7 @@ of jobs cost a few heap operations each.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -56,13 +57,25 @@ class _FNode:
         # A busy node becomes whole again only if its releases account for every GPU on it.
         self.gang_ok = node.idle or (bool(releases) and self.cap[0] >= gpus_per_node - EPS)
 
+    def copy(self) -> _FNode:
+        other = _FNode.__new__(_FNode)
+        other.name = self.name
+        other.chunks = [ch[:] for ch in self.chunks]
+        other.version = self.version
+        other.gang_ok = self.gang_ok
+        other.cap = self.cap
+        return other
+
     def fit(self, g: float, c: float, m: float) -> float:
         sg = sc = sm = 0.0
+        g -= EPS
+        c -= EPS
+        m -= EPS
         for t, cg, cc, cm in self.chunks:
             sg += cg
             sc += cc
             sm += cm
-            if sg >= g - EPS and sc >= c - EPS and sm >= m - EPS:
+            if sg >= g and sc >= c and sm >= m:
                 return t
         return INF
 
@@ -70,15 +83,26 @@ class _FNode:
         return self.chunks[-1][0] if self.chunks else 0.0
 
     def take(self, g: float, c: float, m: float, start: float, end: float) -> None:
-        need = [g, c, m]
+        ng, nc, nm = g, c, m
+        limit = start + EPS
         for ch in self.chunks:
-            if ch[0] > start + EPS:
+            if ch[0] > limit or (ng <= 0 and nc <= 0 and nm <= 0):
                 break
-            for k in range(3):
-                got = min(need[k], ch[k + 1])
-                if got > 0:
-                    ch[k + 1] -= got
-                    need[k] -= got
+            v = ch[1]
+            if ng > 0 and v > 0:
+                got = ng if ng < v else v
+                ch[1] = v - got
+                ng -= got
+            v = ch[2]
+            if nc > 0 and v > 0:
+                got = nc if nc < v else v
+                ch[2] = v - got
+                nc -= got
+            v = ch[3]
+            if nm > 0 and v > 0:
+                got = nm if nm < v else v
+                ch[3] = v - got
+                nm -= got
         self.chunks = [ch for ch in self.chunks if ch[1] > EPS or ch[2] > EPS or ch[3] > EPS]
         self._give(end, g, c, m)
 
@@ -87,16 +111,21 @@ class _FNode:
         self._give(end, *self.cap)
 
     def _give(self, at: float, g: float, c: float, m: float) -> None:
-        for ch in self.chunks:
-            if abs(ch[0] - at) <= EPS:
-                ch[1] += g
-                ch[2] += c
-                ch[3] += m
-                break
+        chunks = self.chunks
+        # Chunks are in time order: the first one within EPS of `at` is the one the time belongs to.
+        k = bisect_left(chunks, at - EPS, key=_time)
+        if k < len(chunks) and chunks[k][0] <= at + EPS:
+            ch = chunks[k]
+            ch[1] += g
+            ch[2] += c
+            ch[3] += m
         else:
-            self.chunks.append([at, g, c, m])
-            self.chunks.sort(key=lambda ch: ch[0])
+            chunks.insert(k, [at, g, c, m])
         self.version += 1
+
+
+def _time(chunk: list[float]) -> float:
+    return chunk[0]
 
 
 @dataclass
@@ -108,14 +137,14 @@ class _Spot:
     nodes: list[int]
 
 
-class ForecastState:
-    """The on-prem targets' capacity over time, as reservations are added in queue order."""
+class _Template:
+    """The on-prem nodes of a tuple of targets before any start or reservation, copied by each forecast."""
 
-    def __init__(self, targets: Sequence[Target], policy: Policy) -> None:
-        self.policy = policy
+    def __init__(self, targets: Sequence[Target]) -> None:
+        self.source = targets
         self.targets = [t for t in targets if t.kind == "onprem"]
-        self._nodes: list[list[_FNode]] = []
-        self._index: list[dict[str, int]] = []
+        self.nodes: list[list[_FNode]] = []
+        self.index: list[dict[str, int]] = []
         for t in self.targets:
             rel: dict[str, list[Release]] = {}
             for r in t.releases:
@@ -124,20 +153,51 @@ class ForecastState:
             # A fully busy node may be left out of `nodes`; its releases still bring capacity back.
             for name, rs in rel.items():
                 nodes.append(_FNode(Node(name, 0, 0.0, 0.0), rs, t.gpus_per_node))
-            self._nodes.append(nodes)
-            self._index.append({n.name: i for i, n in enumerate(nodes)})
-        self._heaps: dict[tuple[int, float, float, float], list[tuple[float, int, int]]] = {}
+            self.nodes.append(nodes)
+            self.index.append({n.name: i for i, n in enumerate(nodes)})
+        self.target_index = {t.id: ti for ti, t in enumerate(self.targets)}
+
+
+# A solve forecasts the same targets many times; their starting state is built once. Keyed by the identity of
+# the (immutable) tuple, which the entry keeps alive so that the identity cannot be reused meanwhile.
+_TEMPLATES: dict[int, _Template] = {}
+_TEMPLATES_KEPT = 8
+
+
+def _template(targets: Sequence[Target]) -> _Template:
+    if not isinstance(targets, tuple):
+        return _Template(targets)
+    tpl = _TEMPLATES.get(id(targets))
+    if tpl is None or tpl.source is not targets:
+        tpl = _Template(targets)
+        while len(_TEMPLATES) >= _TEMPLATES_KEPT:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)), None)
+        _TEMPLATES[id(targets)] = tpl
+    return tpl
+
+
+class ForecastState:
+    """The on-prem targets' capacity over time, as reservations are added in queue order."""
+
+    def __init__(self, targets: Sequence[Target], policy: Policy) -> None:
+        tpl = _template(targets)
+        self.policy = policy
+        self.targets = tpl.targets
+        self._nodes: list[list[_FNode]] = [[n.copy() for n in nodes] for nodes in tpl.nodes]
+        self._index = tpl.index
+        self._target_index = tpl.target_index
+        # demand -> per target: heap of (fit time, node, node version)
+        self._heaps: dict[tuple[float, float, float], list[list[tuple[float, int, int]] | None]] = {}
         self._gang_heaps: dict[tuple[int, float, float, float], list[tuple[float, int, int]]] = {}
+        self._feasible: dict[tuple, list[int]] = {}
 
     def duration(self, job: JobDemand, ti: int) -> float:
         return job.runtime_h / self.targets[ti].speed
 
     def consume_now(self, job: JobDemand, target_id: str, node_names: Sequence[str]) -> None:
         """A job started now: it holds its nodes from 0 for its runtime (ahead of every waiting job)."""
-        for ti, t in enumerate(self.targets):
-            if t.id == target_id:
-                break
-        else:
+        ti = self._target_index.get(target_id)
+        if ti is None:
             return
         end = self.duration(job, ti)
         for name in node_names:
@@ -163,11 +223,21 @@ class ForecastState:
             return None
         return _Spot(chosen[-1][0], ti, [i for _, i in chosen])
 
+    def feasible_targets(self, job: JobDemand) -> list[int]:
+        """The on-prem targets (by index here) that may ever run `job`."""
+        shape = (job.gpus, job.cpu, job.memory_gib, job.gpu_types, job.allowed_targets, job.checkpointable)
+        ts = self._feasible.get(shape)
+        if ts is None:
+            ts = [ti for ti, t in enumerate(self.targets) if feasible(job, t, self.policy)]
+            self._feasible[shape] = ts
+        return ts
+
     def best_spot(self, job: JobDemand) -> _Spot | None:
+        if job.nodes == 1:
+            found = self._best_single_anywhere(job)
+            return None if found is None else _Spot(found[0], found[1], [found[2]])
         best: _Spot | None = None
-        for ti, t in enumerate(self.targets):
-            if not feasible(job, t, self.policy):
-                continue
+        for ti in self.feasible_targets(job):
             s = self.spot_on(job, ti)
             if s is None:
                 continue
@@ -175,7 +245,22 @@ class ForecastState:
                 best = s
         return best
 
+    def _best_single_anywhere(self, job: JobDemand) -> tuple[float, int, int] | None:
+        """(start, target, node) of a single-node job's earliest start on any on-prem target, or None."""
+        demand = (float(job.gpus), job.cpu, job.memory_gib)
+        best: tuple[float, int, int] | None = None
+        for ti in self.feasible_targets(job):
+            start, ni = self._best_single(ti, demand)
+            if start != INF and (best is None or start < best[0] - EPS):
+                best = (start, ti, ni)
+        return best
+
     def earliest(self, job: JobDemand) -> Forecast:
+        if job.nodes == 1:
+            found = self._best_single_anywhere(job)
+            if found is None:
+                return Forecast(self.policy.max_wait_h, None)
+            return Forecast(found[0], self.targets[found[1]].id)
         s = self.best_spot(job)
         if s is None:
             return Forecast(self.policy.max_wait_h, None)
@@ -183,16 +268,20 @@ class ForecastState:
 
     def reserve(self, job: JobDemand) -> Forecast:
         """Book the job's earliest start and return it; jobs that can never run on-prem book nothing."""
+        if job.nodes == 1:
+            found = self._best_single_anywhere(job)
+            if found is None:
+                return Forecast(self.policy.max_wait_h, None)
+            start, ti, ni = found
+            t = self.targets[ti]
+            self._nodes[ti][ni].take(job.gpus, job.cpu, job.memory_gib, start, start + job.runtime_h / t.speed)
+            return Forecast(start, t.id)
         s = self.best_spot(job)
         if s is None:
             return Forecast(self.policy.max_wait_h, None)
         end = s.start + self.duration(job, s.target)
         for ni in s.nodes:
-            node = self._nodes[s.target][ni]
-            if job.nodes > 1:
-                node.take_all(end)
-            else:
-                node.take(job.gpus, job.cpu, job.memory_gib, s.start, end)
+            self._nodes[s.target][ni].take_all(end)
         return Forecast(s.start, self.targets[s.target].id)
 
     def _best_whole(
@@ -227,8 +316,10 @@ class ForecastState:
         return [(t, i) for t, i, _ in fresh]
 
     def _best_single(self, ti: int, demand: tuple[float, float, float]) -> tuple[float, int]:
-        key = (ti, *demand)
-        heap = self._heaps.get(key)
+        per_target = self._heaps.get(demand)
+        if per_target is None:
+            per_target = self._heaps[demand] = [None] * len(self.targets)
+        heap = per_target[ti]
         nodes = self._nodes[ti]
         if heap is None:
             heap = []
@@ -237,7 +328,7 @@ class ForecastState:
                 if t < INF:
                     heap.append((t, i, n.version))
             heapq.heapify(heap)
-            self._heaps[key] = heap
+            per_target[ti] = heap
         # Entries go stale when their node takes a reservation; fit times only grow, so a stale entry
         # can only be too early and is refreshed when it reaches the top.
         while heap:

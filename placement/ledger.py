@@ -86,6 +86,10 @@ class Ledger:
         # of targets by that rate is every job's order by run cost.
         self._rate_order = all(t.gpus_per_node > 0 for t in self.targets)
         self._shape_order: dict[tuple, list[int]] = {}
+        # Capacity only shrinks while nothing is removed, so a shape that found no run-now option finds none
+        # until something is: shape -> the `_freed` count when it found none.
+        self._freed = 0
+        self._none: dict[tuple, int] = {}
         self.target_index = {t.id: i for i, t in enumerate(self.targets)}
         for ti, t in enumerate(self.targets):
             for n in t.nodes:
@@ -173,6 +177,7 @@ class Ledger:
         self._file(s)
 
     def _unbind_slot(self, s: Slot, job: JobDemand) -> None:
+        self._freed += 1
         self._unfile(s)
         s.g += job.gpus
         s.c += job.cpu
@@ -257,17 +262,22 @@ class Ledger:
 
     def best_option(self, i: int) -> Option | None:
         """The cheapest way to run job `i` now, given what is bound; None when there is none."""
+        job = self.jobs[i]
+        shape = (job.gpus, job.cpu, job.memory_gib, job.nodes, job.gpu_types, job.allowed_targets,
+                 job.checkpointable)
+        if self._none.get(shape) == self._freed:
+            return None
         best: Option | None = None
         best_key: tuple[float, int, int] | None = None
-        job = self.jobs[i]
         single = job.nodes == 1
-        for run, ti in self.by_run_cost(i):
-            # Every option on a target costs at least its run cost, and targets come cheapest first.
-            if best is not None and run > best.cost:
-                break
+        for ti in self._by_run_cost(i):
             has_room = self._top[ti] >= job.gpus if single else bool(self._whole_free[ti])
             if not has_room and not self.can_open(ti):
                 continue
+            run = run_cost(job, self.targets[ti])
+            # Every option on a target costs at least its run cost, and targets come cheapest first.
+            if best is not None and run > best.cost:
+                break
             opt = self._option(i, ti, run)
             if opt is None:
                 continue
@@ -275,14 +285,20 @@ class Ledger:
             key = (opt.cost, 0 if self.targets[ti].kind == "onprem" else 1, ti)
             if best_key is None or key < best_key:
                 best, best_key = opt, key
+        if best is None:
+            self._none[shape] = self._freed
         return best
 
     def by_run_cost(self, i: int) -> Iterator[tuple[float, int]]:
         """Job `i`'s feasible targets with its run cost there, cheapest first."""
         job = self.jobs[i]
+        for ti in self._by_run_cost(i):
+            yield run_cost(job, self.targets[ti]), ti
+
+    def _by_run_cost(self, i: int) -> list[int]:
+        job = self.jobs[i]
         if not self._rate_order:
-            yield from sorted((run_cost(job, self.targets[ti]), ti) for ti in self.feasible_targets(i))
-            return
+            return [ti for _, ti in sorted((run_cost(job, self.targets[ti]), ti) for ti in self.feasible_targets(i))]
         shape = (job.gpus, job.cpu, job.memory_gib, job.gpu_types, job.allowed_targets, job.checkpointable)
         order = self._shape_order.get(shape)
         if order is None:
@@ -292,8 +308,7 @@ class Ledger:
                                                                      * self.targets[ti].speed), ti),
             )
             self._shape_order[shape] = order
-        for ti in order:
-            yield run_cost(job, self.targets[ti]), ti
+        return order
 
     def option_on(self, i: int, ti: int) -> Option | None:
         return self._option(i, ti, run_cost(self.jobs[i], self.targets[ti]))

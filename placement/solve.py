@@ -24,18 +24,25 @@ def solve(problem: PlacementProblem) -> Plan:
     policy = problem.policy
     greedy = greedy_settled(problem)
     if problem.jobs:
-        proof = proven_optimal(problem, greedy.plan.objective)
+        proof = proven_optimal(problem, greedy.objective)
         if proof is not None:
             # Every plan costs at least `proof`, and the LP bound lies between the two: it is the objective.
-            obj = greedy.plan.objective
-            return replace(greedy.plan, status="optimal", lower_bound=obj if policy.compute_bound else None,
+            plan = greedy.tagged("optimal").plan
+            return replace(plan, lower_bound=plan.objective if policy.compute_bound else None,
                            solve_s=time.perf_counter() - t0)
     left = policy.time_limit_s - (time.perf_counter() - t0)
     settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
-    obj = settled.plan.objective
+    obj = settled.objective
     bound = None
     if policy.compute_bound:
-        bound = lp_bound(problem, settled.wait_costs, time_limit_s=max(1.0, policy.time_limit_s))
+        limit = max(1.0, policy.time_limit_s)
+        if settled.lp is not None:
+            # the search's model, started from its last duals, which priced waiting much as this plan does
+            m, duals = settled.lp
+            r = m.solve(settled.wait_costs, duals=duals, time_limit_s=limit)  # type: ignore[attr-defined]
+            bound = None if r is None else r.value
+        else:
+            bound = lp_bound(problem, settled.wait_costs, time_limit_s=limit)
         if bound is not None and obj < bound <= obj + 1e-6 * max(1.0, obj):
             bound = obj  # float noise of a tight LP; anything larger is left visible
     return replace(settled.plan, lower_bound=bound, solve_s=time.perf_counter() - t0)

@@ -1,0 +1,90 @@
+"""The search for queues too big for CP-SAT: LP roundings that price waiting by the last plan, to a fixed point.
+
+A plan prices waiting (its forecast: consistent for its waiting jobs, "if it alone waited" for the others);
+the LP relaxation under that pricing is both the bound that says how good the plan is (bound.py) and, rounded
+(rounding.py) and re-priced consistently, the next plan. A plan that is optimal for its own pricing is a
+fixed point, and its gap to the bound is only the rounding's. Starting from greedy, each step moves the
+pricing toward the plan it produces. The LP is built once (relax.py) and each solve starts from the last
+one's duals; a step costs a few GLOP solves, one rounding and one forecast. The WAIT rule and the reasons are
+applied once, to the cheapest rounding seen, which is kept only if it beats greedy's plan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from placement.assemble import Settled, finish, priced
+from placement.forecast import Forecast
+from placement.ledger import Ledger
+from placement.relax import LinearModel
+from placement.rounding import bind_relaxation
+from placement.types import PlacementProblem
+
+# The rounding needs a near-optimal LP solution, not the optimum: column generation stops within this
+# relative distance of it, or after this many solves (the first solve of the model, without duals to start
+# from, gets a few more).
+LP_GAP = 1e-3
+LP_ROUNDS = 2
+FIRST_LP_ROUNDS = 3
+
+
+@dataclass
+class Step:
+    """One step of the search, for benchmarks and logs."""
+
+    bound: float  # the LP bound under the pricing of the plan the step started from
+    objective: float  # the rounding's consistent objective (before the WAIT rule)
+    seconds: float
+
+
+@dataclass
+class _Candidate:
+    ledger: Ledger
+    forecasts: list[Forecast]
+    objective: float
+
+
+def lp_search(
+    problem: PlacementProblem, greedy: Settled, deadline: float
+) -> tuple[Settled, list[Step], LinearModel, np.ndarray | None]:
+    """The best plan of the fixed-point iteration from `greedy` before `deadline` (perf_counter seconds), its
+    steps, and the model and last duals (to bound the plan cheaply)."""
+    m = LinearModel(problem)
+    steps: list[Step] = []
+    waits = greedy.wait_costs
+    duals: np.ndarray | None = None
+    best: _Candidate | None = None
+    seen: set[frozenset] = set()
+    step_s = 0.0
+    price_s = 0.0
+    while True:
+        t0 = time.perf_counter()
+        # Keep time for one more step and for applying the WAIT rule to the best rounding.
+        if deadline - t0 < 1.2 * step_s + 1.5 * price_s:
+            break
+        lp = m.solve(waits, duals=duals, time_limit_s=max(0.0, deadline - t0), gap_tol=LP_GAP,
+                     max_rounds=LP_ROUNDS if duals is not None else FIRST_LP_ROUNDS)
+        if lp is None:
+            break
+        duals = lp.duals
+        ledger = bind_relaxation(problem, lp, waits)
+        t1 = time.perf_counter()
+        fc, waits, objective = priced(problem, ledger)
+        price_s = time.perf_counter() - t1
+        step_s = time.perf_counter() - t0
+        steps.append(Step(lp.value, objective, step_s))
+        key = frozenset((i, ti, names) for i, (ti, names) in ledger.binding.items())
+        if key in seen:
+            break  # back to a rounding already priced: the iteration cycles
+        seen.add(key)
+        if best is None or objective < best.objective:
+            best = _Candidate(ledger, fc, objective)
+    if best is None:
+        return greedy, steps, m, duals
+    settled = finish(problem, best.ledger, "cp-sat", "lp-rounded", deadline=deadline, forecasts=best.forecasts)
+    if settled.objective >= greedy.objective:
+        return greedy, steps, m, duals
+    return settled, steps, m, duals
