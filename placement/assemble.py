@@ -86,11 +86,16 @@ class Settled:
 
 
 def plan_forecasts(problem: PlacementProblem, ledger: Ledger) -> list[Forecast]:
-    """Forecasts with the plan's on-prem starts at time 0; bound jobs are probes (where they would start)."""
+    """Forecasts with the plan's on-prem starts at time 0; bound jobs are probes (where they would start).
+
+    Starts are booked in job order, not in the order the ledger took them: a node's chunks can depend on the
+    order (a job of no size leaves an empty chunk behind), and the plan's forecast must be the same however
+    it was found.
+    """
     targets = problem.targets
     started = [
         (problem.jobs[i], targets[ti].id, names)
-        for i, (ti, names) in ledger.binding.items()
+        for i, (ti, names) in sorted(ledger.binding.items())
         if targets[ti].kind == "onprem"
     ]
     return forecast_indexed(targets, problem.jobs, problem.policy, started, probes=ledger.binding.keys())
