@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import socket
 import statistics
 import sys
 import time
@@ -45,24 +44,6 @@ def job_spec(i: int) -> JobSpec:
 
 
 # ---- the server process ---------------------------------------------------------------------------
-
-
-def serve_without_nagle() -> None:
-    """Set TCP_NODELAY on the fake server's connections, as Go's net/http (the real API server) does.
-
-    The fake writes a response's headers and body separately; with Nagle's algorithm on, the body waits for
-    the client's delayed ACK, adding ~40 ms to every request on a kept-alive connection. That is the fake's
-    cost, not the provider's, so it is removed unless --keep-fake-nagle is given.
-    """
-    import kube.apiserver as fake_api
-
-    original = fake_api._Handler.setup
-
-    def setup(handler: Any) -> None:
-        original(handler)
-        handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    fake_api._Handler.setup = setup  # type: ignore[method-assign]
 
 
 def build_cluster(kube: Any, nodes: int, pods: int, jobs: int) -> None:
@@ -99,10 +80,8 @@ def wait_running(kube: Any, pods: int, timeout: float = 900.0) -> None:
     raise RuntimeError(f"only {running} of {pods} pods running after {timeout:.0f}s")
 
 
-def server(conn: Connection, nodes: int, pods: int, jobs: int, nagle: bool) -> None:
+def server(conn: Connection, nodes: int, pods: int, jobs: int) -> None:
     """Child process: build the cluster, then answer "requests" (API requests served so far) until "stop"."""
-    if not nagle:
-        serve_without_nagle()
     from kube.apiserver import FakeKube
 
     kube = FakeKube(time_scale=1.0, token=TOKEN).start()
@@ -169,13 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pods", type=int, default=5000, help="running pods in all, Spillover's included")
     parser.add_argument("--jobs", type=int, default=200, help="how many of the pods are Spillover Jobs")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--keep-fake-nagle", action="store_true",
-                        help="leave Nagle's algorithm on in the fake server (adds ~40 ms per request)")
     args = parser.parse_args(argv)
 
     ours, theirs = mp.Pipe()
     child = mp.get_context("fork").Process(target=server, daemon=True,
-                                           args=(theirs, args.nodes, args.pods, args.jobs, args.keep_fake_nagle))
+                                           args=(theirs, args.nodes, args.pods, args.jobs))
     child.start()
 
     def served() -> int:

@@ -191,10 +191,10 @@ def test_403_is_auth_naming_the_permission_without_the_token(peer: GKEPeer, gke:
     assert err.kind is ErrorKind.AUTH and "container.clusters.update" in err.message
     assert setsize_calls(peer) == 1  # not retried: it will not get better by itself
     peer.allow("container.clusters.update")
+    peer.operation_s = 0  # done by the time it is next read
     gke.set_size("a100", 2, "req")
     # a denial that does not say which permission: the adapter names what the call needs
     peer.fail_next(1, 403, "The caller does not have permission", reason="ACCESS_DENIED", kind="operations.get")
-    peer.operation_s = 0
     (e,) = gke.poll_errors()
     assert e.kind is ErrorKind.AUTH and e.pool == "a100" and "container.operations.get" in e.message
     assert TOKEN not in e.message

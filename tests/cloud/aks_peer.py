@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import collections
 import json
-import socket
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from peer_http import PeerHandler, PeerServer
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.pipeline import PipelineRequest
@@ -153,84 +152,16 @@ class _Pool:
 
 # ---------------------------------------------------------------------------------------------------- HTTP
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], peer: "AKSPeer") -> None:
-        self.peer = peer
-        self.closed = False
-        self.connections: set[socket.socket] = set()
-        super().__init__(address, _Handler)
-
-    def drop_connections(self) -> None:
-        # a kept-alive connection would otherwise still be answered by a peer that has gone away
-        with self.peer._lock:
-            conns = list(self.connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # headers and body leave in two writes; without this, Nagle and delayed ACKs add 40 ms to each answer
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.peer._lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.peer._lock:
-                self.server.connections.discard(self.connection)
-
-    def handle_one_request(self) -> None:
-        if self.server.closed:
-            self.close_connection = True
-            return
-        super().handle_one_request()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        try:
-            self.server.peer._handle(self)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            self.close_connection = True
-        except Exception:  # a peer bug: answer 500 and keep the traceback where tests look for it
-            self.server.peer._record_error(traceback.format_exc())
-            self.close_connection = True
-            try:
-                self.send_json(500, ArmError(500, "InternalServerError", "internal error in the ARM peer").body())
-            except OSError:
-                pass
-
-    do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _dispatch
+class _Handler(PeerHandler):
+    def internal_error_body(self) -> Any:
+        return ArmError(500, "InternalServerError", "internal error in the ARM peer").body()
 
     def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-ms-request-id", str(uuid.uuid4()))
-        self.send_header("x-ms-correlation-request-id", str(uuid.uuid4()))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        # ARM tags every answer with request ids, as the SDK's logging expects
+        extra = {"x-ms-request-id": str(uuid.uuid4()), "x-ms-correlation-request-id": str(uuid.uuid4())}
+        self.send_body(status, json.dumps(obj, separators=(",", ":")).encode(), "application/json; charset=utf-8",
+                       {**extra, **(headers or {})})
 
-
-# ---------------------------------------------------------------------------------------------------- the peer
 
 class AKSPeer:
     """One AKS cluster's agent pools as ARM serves them.
@@ -262,7 +193,7 @@ class AKSPeer:
         self._allocation: dict[str, tuple[str, str | None, bool]] = {}
         self._quota: dict[str, int] = {}  # VM family -> regional cores limit
         self._denied: set[str] = set()
-        self._httpd: _Server | None = None
+        self._httpd: PeerServer | None = None
         self._thread: threading.Thread | None = None
         self._errors: list[str] = []
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -281,7 +212,7 @@ class AKSPeer:
     def start(self) -> "AKSPeer":
         if self._httpd is not None:
             return self
-        httpd = _Server((self.host, self._port), self)
+        httpd = PeerServer((self.host, self._port), _Handler, self, lock=self._lock)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},

@@ -6,15 +6,14 @@ from __future__ import annotations
 import collections
 import json
 import re
-import socket
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from peer_http import PeerHandler, PeerServer
 
 __all__ = ["GKEPeer", "PERMISSIONS"]
 
@@ -119,76 +118,12 @@ class _Fault:
     permission: str | None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _Handler(PeerHandler):
+    def internal_error_body(self) -> Any:
+        return GoogleError(500).body()
 
-    def __init__(self, address: tuple[str, int], peer: GKEPeer) -> None:
-        self.peer = peer
-        self.closed = False
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def drop_connections(self) -> None:
-        # kept-alive connections would otherwise still be answered by a peer that has gone away
-        with self.connections_lock:
-            conns = list(self.connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.connections.discard(self.connection)
-
-    def handle_one_request(self) -> None:
-        if self.server.closed:
-            self.close_connection = True
-            return
-        super().handle_one_request()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        try:
-            self.server.peer._handle(self)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            self.close_connection = True
-        except Exception:  # a peer bug: answer 500 and keep the traceback where tests look for it
-            self.server.peer._record_error(traceback.format_exc())
-            self.close_connection = True
-            try:
-                self.send_json(500, GoogleError(500).body())
-            except OSError:
-                pass
-
-    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
-
-    def send_json(self, code: int, obj: Any) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def send_json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_body(code, json.dumps(obj).encode(), "application/json; charset=UTF-8", headers)
 
 
 class GKEPeer:
@@ -214,7 +149,7 @@ class GKEPeer:
         self._faults: list[_Fault] = []
         self._denied: set[str] = set()
         self._errors: list[str] = []
-        self._httpd: _Server | None = None
+        self._httpd: PeerServer | None = None
         self._thread: threading.Thread | None = None
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
@@ -236,7 +171,7 @@ class GKEPeer:
     def start(self) -> GKEPeer:
         if self._httpd is not None:
             return self
-        httpd = _Server((self.host, self._port), self)
+        httpd = PeerServer((self.host, self._port), _Handler, self)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},

@@ -6,15 +6,14 @@ import base64
 import binascii
 import collections
 import json
-import socket
 import threading
 import time
-import traceback
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from peer_http import PeerHandler, PeerServer
 
 from .controller import Controller
 from .matching import SelectorError, parse_field_selector, parse_label_selector
@@ -163,81 +162,9 @@ def _json_patch(doc: Any, ops: list) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- HTTP
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], kube: "FakeKube"):
-        self.kube = kube
-        self.closed = False
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = kube._lock
-        super().__init__(address, _Handler)
-
-    def drop_connections(self) -> None:
-        # Idle keep-alive connections would otherwise still be answered by a server that has "gone away".
-        with self.connections_lock:
-            conns = list(self.connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.connections_lock:
-                self.server.connections.discard(self.connection)
-
-    def handle_one_request(self) -> None:
-        if self.server.closed:
-            self.close_connection = True
-            return
-        super().handle_one_request()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _dispatch(self) -> None:
-        try:
-            self.server.kube._handle(self)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            self.close_connection = True
-        except Exception:  # a server bug: answer 500 and keep the traceback where tests look for it
-            self.server.kube._record_error(traceback.format_exc())
-            self.close_connection = True
-            try:
-                self.send_json(500, ApiError(500, "InternalError", "internal error in the fake API server").status())
-            except OSError:
-                pass
-
-    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
-
-    def send_body(self, code: int, body: bytes, content_type: str = "application/json",
-                  headers: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def send_json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        self.send_body(code, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
+class _Handler(PeerHandler):
+    def internal_error_body(self) -> Any:
+        return ApiError(500, "InternalError", "internal error in the fake API server").status()
 
 
 class _Route:
@@ -310,7 +237,7 @@ class FakeKube:
         self._store = Store(history)
         self._lock = self._store.lock
         self._controller = Controller(self._store, time_scale)
-        self._httpd: _Server | None = None
+        self._httpd: PeerServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._node_ips = 0
         self._forbidden: set[tuple[str, str]] = set()
@@ -334,7 +261,7 @@ class FakeKube:
     def start(self) -> "FakeKube":
         if self._httpd is not None:
             return self
-        httpd = _Server((self.host, self._port), self)
+        httpd = PeerServer((self.host, self._port), _Handler, self, lock=self._lock)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._serve_thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},

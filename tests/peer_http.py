@@ -1,0 +1,96 @@
+"""The HTTP plumbing the tests' local peers share (Kubernetes API server, GKE, AKS): a threaded server on
+127.0.0.1 that can drop its kept-alive connections as a peer that went away would, and a handler that hands each
+request to its peer's `_handle` and turns a peer bug into a 500 whose traceback the peer keeps."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class PeerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[PeerHandler], peer: Any,
+                 lock: Any | None = None) -> None:
+        self.peer = peer
+        self.closed = False
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = lock if lock is not None else threading.Lock()
+        super().__init__(address, handler)
+
+    def drop_connections(self) -> None:
+        # kept-alive connections would otherwise still be answered by a peer that has gone away
+        with self.connections_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class PeerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: PeerServer
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body leave in two writes; without this, Nagle and delayed ACKs add 40 ms to each answer
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.connections.discard(self.connection)
+
+    def handle_one_request(self) -> None:
+        if self.server.closed:
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def internal_error_body(self) -> Any:
+        """What a 500 from a bug in the peer says, in the API's own error format."""
+        return {"error": "internal error in the peer"}
+
+    def _dispatch(self) -> None:
+        try:
+            self.server.peer._handle(self)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+        except Exception:  # a peer bug: answer 500 and keep the traceback where tests look for it
+            self.server.peer._record_error(traceback.format_exc())
+            self.close_connection = True
+            try:
+                self.send_json(500, self.internal_error_body())
+            except OSError:
+                pass
+
+    do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _dispatch
+
+    def send_body(self, code: int, body: bytes, content_type: str = "application/json",
+                  headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_body(code, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
