@@ -181,7 +181,8 @@ def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float], dea
 
     A burst whose own wait is cheaper than its cloud run is kept only if waiting would cost the queue
     behind it more than the difference; this pass measures exactly that, job by job, on the consistent
-    objective, until `deadline` (perf_counter seconds) if one is given. Returns whether anything moved.
+    objective. With a `deadline` (perf_counter seconds) it stops trying early enough to re-forecast twice
+    before it. Returns whether anything moved.
     """
     targets = problem.targets
     candidates = []
@@ -194,10 +195,12 @@ def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float], dea
     if not candidates:
         return False
     candidates.sort(reverse=True)
+    t0 = time.perf_counter()
     best = consistent_total(problem, ledger)
+    per_try = time.perf_counter() - t0  # each try forecasts the plan once
     moved = False
     for _, i in candidates[:MAX_WAIT_TRIES]:
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and time.perf_counter() + 3 * per_try > deadline:
             break
         ti, names = ledger.binding[i]
         fresh = [n for n in names if ledger.slots[(ti, n)].new and ledger.slots[(ti, n)].jobs == 1]
@@ -220,12 +223,14 @@ def finish(
     solve_s: float = 0.0,
     deadline: float | None = None,
     forecasts: list[Forecast] | None = None,
+    forecast_s: float = 0.0,
 ) -> Settled:
-    """Apply the WAIT rule to `ledger` (and hold back bursts that cost the queue more than they save, until
-    `deadline` if one is given), forecast the plan and price it. `forecasts`: the ledger's, if known."""
+    """Apply the WAIT rule to `ledger`, hold back bursts that cost the queue more than they save, forecast
+    the plan and price it. With a `deadline` (perf_counter seconds), holding back is tried only while there
+    is time for it, a forecast taking about `forecast_s`. `forecasts`: the ledger's, if known already."""
     fc, alts = settle(problem, ledger, forecasts)
     for _ in range(3):  # holding jobs back frees cloud room that waiting jobs may then take, and so on
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and time.perf_counter() + 4 * forecast_s > deadline:
             break
         if not hold_back(problem, ledger, job_wait_costs(problem, fc), deadline):
             break

@@ -23,7 +23,9 @@ from placement.types import JobDemand, PlacementProblem, Target
 REL_TOL = 1e-9
 
 
-def _cheapest_run(problem: PlacementProblem, ledger: Ledger, i: int, shared: bool) -> float:
+def _cheapest_run(
+    problem: PlacementProblem, ledger: Ledger, i: int, shared: bool, ready_memo: dict[tuple, list[float]]
+) -> float:
     """The least job `i` can pay to run on any target, alone in the cluster (new-node overhead shared or not)."""
     job = problem.jobs[i]
     k = job.nodes
@@ -33,7 +35,10 @@ def _cheapest_run(problem: PlacementProblem, ledger: Ledger, i: int, shared: boo
         run = run_cost(job, t)
         if run >= best:
             continue
-        ready = _ready_times(ledger, ti, job)
+        rk = (ti, job.gpus, job.cpu, job.memory_gib, job.nodes > 1)
+        ready = ready_memo.get(rk)
+        if ready is None:
+            ready = ready_memo[rk] = _ready_times(ledger, ti, job)
         max_fresh = 0
         if t.kind == "cloud" and ledger.full_node_fits(job, t):
             max_fresh = min(k, t.max_new_nodes)
@@ -59,25 +64,36 @@ def _share(job: JobDemand, t: Target, shared: bool) -> float:
 
 def _ready_times(ledger: Ledger, ti: int, job: JobDemand) -> list[float]:
     """Ready times of the existing nodes of target `ti` that can host a replica of `job`, earliest first."""
-    return sorted(s.ready for (t, _), s in ledger.slots.items() if t == ti and s.fits(job))
+    return sorted(ledger.slots[(ti, n.name)].ready for n in ledger.targets[ti].nodes
+                  if ledger.slots[(ti, n.name)].fits(job))
 
 
-def plan_lower_bound(problem: PlacementProblem) -> float:
-    """A lower bound on the objective of every plan: each job's cheapest way to wait or run, on its own."""
+def plan_lower_bound(problem: PlacementProblem, stop_below: float = -math.inf) -> float:
+    """A lower bound on the objective of every plan: each job's cheapest way to wait or run, on its own.
+
+    Each job's term is at most its wait alone, so once the bound cannot reach `stop_below` any more, what
+    has been summed so far is returned (still a lower bound, just not the best one).
+    """
     if not problem.jobs:
         return 0.0
     ledger = Ledger(problem)
     alone = alone_wait_costs(problem)
     shared = len(problem.jobs) > 1
+    ready_memo: dict[tuple, list[float]] = {}
     total = 0.0
+    rest = sum(alone)
     for i in range(len(problem.jobs)):
-        total += min(alone[i], _cheapest_run(problem, ledger, i, shared))
+        if total + rest < stop_below:
+            return total
+        rest -= alone[i]
+        total += min(alone[i], _cheapest_run(problem, ledger, i, shared, ready_memo))
     return total
 
 
 def proven_optimal(problem: PlacementProblem, objective: float) -> float | None:
     """The lower bound that proves a plan of this objective optimal, or None when it does not."""
-    bound = plan_lower_bound(problem)
-    if objective <= bound + REL_TOL * max(1.0, abs(objective)):
+    slack = REL_TOL * max(1.0, abs(objective))
+    bound = plan_lower_bound(problem, objective - slack)
+    if objective <= bound + slack:
         return bound
     return None

@@ -27,7 +27,7 @@ def greedy_settled(problem: PlacementProblem) -> Settled:
     for i in queue_order(problem.jobs):
         job = problem.jobs[i]
         opt = ledger.best_option(i)
-        fc = state.earliest(job)
+        fc, spot = state.peek(job)
         wait = wait_cost(job, fc.start_h, by_id[fc.target] if fc.target is not None else None)
         if opt is not None and runs_now(opt.cost, wait):
             ledger.take(i, opt)
@@ -35,7 +35,7 @@ def greedy_settled(problem: PlacementProblem) -> Settled:
             if problem.targets[ti].kind == "onprem":
                 state.consume_now(job, problem.targets[ti].id, names)
         else:
-            state.reserve(job)
+            state.book(job, spot)
     settled = finish(problem, ledger, "greedy", "greedy")
     settled.solve_s = time.perf_counter() - t0
     return settled

@@ -91,6 +91,13 @@ class Ledger:
         self._freed = 0
         self._none: dict[tuple, int] = {}
         self.target_index = {t.id: i for i, t in enumerate(self.targets)}
+        self._max_new = [t.max_new_nodes if t.kind == "cloud" else 0 for t in self.targets]
+        self._gpn = [t.gpus_per_node for t in self.targets]
+        # The earliest any node of a target can be ready: its nodes' readiness, or a new node's boot.
+        self._ready_floor = [
+            min([n.ready_in_h for n in t.nodes] + ([t.provisioning_h] if t.kind == "cloud" else []), default=0.0)
+            for t in self.targets
+        ]
         for ti, t in enumerate(self.targets):
             for n in t.nodes:
                 s = Slot(n.name, ti, n.free_gpus, n.free_cpu, n.free_memory_gib, n.ready_in_h, n.idle, False)
@@ -270,9 +277,11 @@ class Ledger:
         best: Option | None = None
         best_key: tuple[float, int, int] | None = None
         single = job.nodes == 1
+        room = self.cap_room() + EPS  # nothing binds while options are sought
+        top, live, max_new, gpn = self._top, self.new_live, self._max_new, self._gpn
         for ti in self._by_run_cost(i):
-            has_room = self._top[ti] >= job.gpus if single else bool(self._whole_free[ti])
-            if not has_room and not self.can_open(ti):
+            has_room = top[ti] >= job.gpus if single else bool(self._whole_free[ti])
+            if not has_room and not (live[ti] < max_new[ti] and gpn[ti] <= room):
                 continue
             run = run_cost(job, self.targets[ti])
             # Every option on a target costs at least its run cost, and targets come cheapest first.
@@ -323,16 +332,21 @@ class Ledger:
         t = self.targets[ti]
         found: Slot | None = None
         buckets = self._buckets[ti]
+        # No slot of the target is ready before this: a slot found at it cannot be beaten.
+        floor = self._ready_floor[ti] + EPS
+        cpu, mem = job.cpu - EPS, job.memory_gib - EPS
         for g in range(job.gpus, self._top[ti] + 1):
             bucket = buckets.get(g)
             if not bucket:
                 continue
             for s in bucket.values():
-                if s.c >= job.cpu - EPS and s.m >= job.memory_gib - EPS and not s.whole:
+                if s.c >= cpu and s.m >= mem and not s.whole:
                     # Earliest ready first, then the tightest fit, which keeps big holes for big jobs.
                     if found is None or s.ready < found.ready - EPS:
                         found = s
-            if found is not None and found.ready <= EPS:
+                        if s.ready <= floor:
+                            break
+            if found is not None and found.ready <= floor:
                 break
         best: Option | None = None
         if found is not None:

@@ -24,11 +24,11 @@ from placement.rounding import bind_relaxation
 from placement.types import PlacementProblem
 
 # The rounding needs a near-optimal LP solution, not the optimum: column generation stops within this
-# relative distance of it, or after this many solves (the first solve of the model, without duals to start
-# from, gets a few more).
+# relative distance of it, or after this many solves.
 LP_GAP = 1e-3
-LP_ROUNDS = 2
-FIRST_LP_ROUNDS = 3
+LP_ROUNDS = 3
+ROUGH_TO_SOLVE = 3.0
+DAMPING = 0.5  # weight of the newest plan's forecast in the pricing of the next step
 
 
 @dataclass
@@ -58,23 +58,38 @@ def lp_search(
     duals: np.ndarray | None = None
     best: _Candidate | None = None
     seen: set[frozenset] = set()
-    step_s = 0.0
-    price_s = 0.0
+    next_s = 0.0  # what the next step is expected to take
+    price_s = 0.0  # one forecast
     while True:
         t0 = time.perf_counter()
-        # Keep time for one more step and for applying the WAIT rule to the best rounding.
-        if deadline - t0 < 1.2 * step_s + 1.5 * price_s:
+        # Keep time for the next step, then for the WAIT rule on the best rounding (a forecast or two) and
+        # for writing the plan out.
+        if best is not None and deadline - t0 < next_s + 2.5 * price_s:
             break
-        lp = m.solve(waits, duals=duals, time_limit_s=max(0.0, deadline - t0), gap_tol=LP_GAP,
-                     max_rounds=LP_ROUNDS if duals is not None else FIRST_LP_ROUNDS)
+        left = max(0.0, deadline - t0)
+        rough = duals is None
+        if rough:
+            # From greedy's pricing, far from the fixed point, a rough solution is as good a first step.
+            lp = m.rough(waits, time_limit_s=left)
+        else:
+            lp = m.solve(waits, duals=duals, time_limit_s=left, gap_tol=LP_GAP, max_rounds=LP_ROUNDS)
         if lp is None:
             break
+        lp_s = time.perf_counter() - t0
         duals = lp.duals
         ledger = bind_relaxation(problem, lp, waits)
         t1 = time.perf_counter()
-        fc, waits, objective = priced(problem, ledger)
+        fc, plan_waits, objective = priced(problem, ledger)
         price_s = time.perf_counter() - t1
+        # Past the first steps the roundings tend to swing between two sets of bursts; pricing by the mean
+        # of the last two plans' forecasts damps that.
+        if steps:
+            waits = [DAMPING * a + (1 - DAMPING) * b for a, b in zip(plan_waits, waits)]
+        else:
+            waits = plan_waits
         step_s = time.perf_counter() - t0
+        # a solve from duals takes a few rounds of what a rough one takes in one
+        next_s = step_s + (ROUGH_TO_SOLVE - 1) * lp_s if rough and lp.rounds == 0 else step_s
         steps.append(Step(lp.value, objective, step_s))
         key = frozenset((i, ti, names) for i, (ti, names) in ledger.binding.items())
         if key in seen:
@@ -84,7 +99,8 @@ def lp_search(
             best = _Candidate(ledger, fc, objective)
     if best is None:
         return greedy, steps, m, duals
-    settled = finish(problem, best.ledger, "cp-sat", "lp-rounded", deadline=deadline, forecasts=best.forecasts)
+    settled = finish(problem, best.ledger, "cp-sat", "lp-rounded", deadline=deadline - price_s,
+                     forecasts=best.forecasts, forecast_s=price_s)
     if settled.objective >= greedy.objective:
         return greedy, steps, m, duals
     return settled, steps, m, duals

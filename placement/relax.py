@@ -253,13 +253,61 @@ class LinearModel:
         cols = _Columns(self, waits, start_rate)
         if cols.n_classes == 0:
             return Relaxation(0.0, 0.0, [], {}, self.group_target.tolist(), np.zeros(self.n_rows), 0, 0, 0)
-        if duals is None and not everything and cols.n_classes > SAMPLE_ABOVE:
-            k = cols.n_classes // SAMPLE_SIZE
-            sample = _Columns(self, waits, start_rate, keep=np.arange(cols.n_classes) % k == 0, base=cols)
-            first = self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS)
-            if first is not None:
-                duals = first.duals
+        if duals is None and not everything and self._huge(cols):
+            if gap_tol <= 0:
+                # The exact optimum without duals to start from: GLOP on every option at once beats column
+                # generation from a sample, whose rounds each cost a fresh solve.
+                everything = True
+            else:
+                first = self._sample(cols, waits, start_rate, t_end, gap_tol)
+                if first is not None:
+                    duals = first.duals
         return self._cg(cols, 1.0, duals, everything, t_end, gap_tol, max_rounds)
+
+    def rough(
+        self, waits: Sequence[float], start_rate: dict[int, float] | None = None, time_limit_s: float | None = None
+    ) -> Relaxation | None:
+        """A quick stand-in for the relaxation's solution: on a huge queue, every class on its option of least
+        reduced cost (when negative) under the duals of a scaled sample, with no bound (value -inf); on
+        others, the relaxation itself. None when GLOP does not finish in time."""
+        t_end = None if time_limit_s is None else time.perf_counter() + time_limit_s
+        cols = _Columns(self, waits, start_rate)
+        if cols.n_classes == 0 or not self._huge(cols):
+            return self.solve(waits, start_rate, time_limit_s)
+        first = self._sample(cols, waits, start_rate, t_end, SAMPLE_GAP)
+        if first is None:
+            return None
+        y = first.duals
+        part = cols.d.copy()
+        ye = np.append(y, 0.0)
+        for a in range(4):
+            part -= ye[self.o_row[a][cols.col_opt]] * self.o_coef[a][cols.col_opt]
+        best = _best_per_class(part, cols.col_cls, 1, part < 0)
+        runs: list[tuple[list[int], dict[int, float]]] = []
+        fresh: dict[int, float] = {}
+        for j in best.tolist():
+            c = int(cols.col_cls[j])
+            gi = int(self.o_group[cols.col_opt[j]])
+            runs.append((cols.members[c], {gi: float(cols.cn[c])}))
+            g = self.groups[gi]
+            if g.new:
+                t = self.problem.targets[g.target]
+                per_node = t.gpus_per_node if t.gpus_per_node > 0 else 1
+                used = self.problem.jobs[cols.members[c][0]].total_gpus * cols.cn[c] / per_node
+                fresh[g.target] = fresh.get(g.target, 0.0) + used
+        return Relaxation(-math.inf, math.nan, runs, fresh, self.group_target.tolist(), y, 0, len(cols.d), 0)
+
+    def _huge(self, cols: _Columns) -> bool:
+        return cols.n_classes > SAMPLE_ABOVE and len(cols.d) > DIRECT_COLUMNS
+
+    def _sample(
+        self, cols: _Columns, waits: Sequence[float], start_rate: dict[int, float] | None, t_end: float | None,
+        gap_tol: float
+    ) -> Relaxation | None:
+        """The relaxation of every k-th class against capacities divided by k."""
+        k = cols.n_classes // SAMPLE_SIZE
+        sample = _Columns(self, waits, start_rate, keep=np.arange(cols.n_classes) % k == 0, base=cols)
+        return self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS)
 
     def _cg(self, cols: _Columns, scale: float, duals: np.ndarray | None, everything: bool,
             t_end: float | None, gap_tol: float, max_rounds: int) -> Relaxation | None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from placement.bound import lp_bound
 from placement.certify import proven_optimal
-from placement.cpsat import cpsat_settled
+from placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
 from placement.greedy import greedy_settled
 from placement.types import PlacementProblem, Plan
 
@@ -23,7 +23,8 @@ def solve(problem: PlacementProblem) -> Plan:
     t0 = time.perf_counter()
     policy = problem.policy
     greedy = greedy_settled(problem)
-    if problem.jobs:
+    # A short queue often needs no search: greedy's plan may be provably optimal. A huge one hardly ever.
+    if problem.jobs and len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS:
         proof = proven_optimal(problem, greedy.objective)
         if proof is not None:
             # Every plan costs at least `proof`, and the LP bound lies between the two: it is the objective.
