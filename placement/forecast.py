@@ -156,6 +156,24 @@ class _Template:
             self.nodes.append(nodes)
             self.index.append({n.name: i for i, n in enumerate(nodes)})
         self.target_index = {t.id: ti for ti, t in enumerate(self.targets)}
+        # demand -> per target: the heap of (fit time, node, version 0) over the untouched nodes
+        self._heaps: dict[tuple[float, float, float], list[list[tuple[float, int, int]] | None]] = {}
+
+    def heap(self, ti: int, demand: tuple[float, float, float]) -> list[tuple[float, int, int]]:
+        """A copy of the heap of target `ti`'s nodes by when `demand` first fits, before any booking."""
+        per_target = self._heaps.get(demand)
+        if per_target is None:
+            per_target = self._heaps[demand] = [None] * len(self.targets)
+        heap = per_target[ti]
+        if heap is None:
+            heap = []
+            for i, n in enumerate(self.nodes[ti]):
+                t = n.fit(*demand)
+                if t < INF:
+                    heap.append((t, i, n.version))
+            heapq.heapify(heap)
+            per_target[ti] = heap
+        return list(heap)
 
 
 # A solve forecasts the same targets many times; their starting state is built once. Keyed by the identity of
@@ -181,6 +199,7 @@ class ForecastState:
 
     def __init__(self, targets: Sequence[Target], policy: Policy) -> None:
         tpl = _template(targets)
+        self._tpl = tpl
         self.policy = policy
         self.targets = tpl.targets
         self._nodes: list[list[_FNode]] = [[n.copy() for n in nodes] for nodes in tpl.nodes]
@@ -341,13 +360,9 @@ class ForecastState:
         heap = per_target[ti]
         nodes = self._nodes[ti]
         if heap is None:
-            heap = []
-            for i, n in enumerate(nodes):
-                t = n.fit(*demand)
-                if t < INF:
-                    heap.append((t, i, n.version))
-            heapq.heapify(heap)
-            per_target[ti] = heap
+            # Bookings since the start only push fit times later, and they bumped the nodes' versions: the
+            # untouched nodes' heap is a valid start whose stale entries get refreshed below.
+            heap = per_target[ti] = self._tpl.heap(ti, demand)
         # Entries go stale when their node takes a reservation; fit times only grow, so a stale entry
         # can only be too early and is refreshed when it reaches the top.
         while heap:
