@@ -106,11 +106,18 @@ def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[l
 
 
 def _cpsat_round(
-    problem: PlacementProblem, m: Structure, cur: Settled, pressure: float, seconds: float
-) -> tuple[Settled, RoundInfo] | None:
+    problem: PlacementProblem, m: Structure, cur: Settled, pressure: float, seconds: float,
+    tried: set[tuple] | None = None,
+) -> tuple[Settled, RoundInfo] | None | bool:
+    """One CP-SAT round priced by `cur` and `pressure`; False when a round in `tried` was priced the same."""
     t0 = time.perf_counter()
     waits, rate = _priced(problem, cur, pressure)
     wait = [cents(w) for w in waits]
+    if tried is not None:
+        key = (tuple(wait), tuple(sorted(rate.items())))
+        if key in tried:
+            return False  # the same model as a round already solved
+        tried.add(key)
     res = solve_round(m, wait, rate, cur.ledger, seconds)
     if res is None:
         return None
@@ -166,6 +173,7 @@ def cpsat_settled(
     prev = greedy
     schedule = CPSAT_ROUNDS
     solved = 0  # rounds after the first LP rounding that found a plan
+    tried: set[tuple] = set()
     for k, (origin, pressure) in enumerate(schedule):
         left = deadline - time.perf_counter() - overhead
         if m is None or (left < 0.05 and solved):
@@ -174,7 +182,9 @@ def cpsat_settled(
         # The first round may take all the time: on big queues one good solve beats several short ones.
         # When it proves its gap early, the time left goes to the next rounds.
         share = 0.6 if 0 < k < len(schedule) - 1 else 1.0
-        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share))
+        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share), tried)
+        if done is False:
+            continue
         if done is None:
             break
         settled, info = done

@@ -8,6 +8,7 @@ keeps the model sound (a restriction, never a relaxation).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -29,6 +30,16 @@ def _max_count(size: Size, cap: Sequence[int]) -> int:
 
 def maximal_patterns(cap: Size, sizes: Sequence[Size], limit: int = 200, steps: int = 20000) -> list[Pattern]:
     """Maximal multisets of `sizes` (none all-zero) whose sum fits in `cap`, at most about `limit` of them."""
+    return list(_maximal_patterns(tuple(cap), tuple(tuple(s) for s in sizes), limit, steps))
+
+
+# Node profiles and job sizes repeat from one solve to the next (a replay solves thousands of times).
+@functools.lru_cache(maxsize=4096)
+def _maximal_patterns(cap: Size, sizes: tuple[Size, ...], limit: int, steps: int) -> tuple[Pattern, ...]:
+    return tuple(_enumerate(cap, sizes, limit, steps))
+
+
+def _enumerate(cap: Size, sizes: Sequence[Size], limit: int, steps: int) -> list[Pattern]:
     idx = [i for i, s in enumerate(sizes) if _fits(s, cap) and any(s)]
     # Largest first, so the search meets full nodes early.
     idx.sort(key=lambda i: tuple(-x for x in sizes[i]))
