@@ -35,10 +35,10 @@ class Scenario:
     workload: str
     onprem_nodes: int  # of 8 GPUs
     estimate_error: float | None = None
-    value_of_time: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    value_of_job_time: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+    value_of_time: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 64.0)
+    value_of_job_time: tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0, 512.0)
     wait_h: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    k: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+    k: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     extra: tuple[str, ...] = field(default=("onprem-only",))
 
 
