@@ -40,6 +40,7 @@ from placement.costs import cents
 from placement.cpsat_round import bind, solve_round
 from placement.greedy import greedy_settled
 from placement.lpsearch import lp_search
+from placement.relax import LinearModel, Relaxation
 from placement.order import queue_order
 from placement.rounding import lp_rounded
 from placement.structure import Structure
@@ -128,16 +129,16 @@ def _cpsat_round(
 
 
 def _lp_round(
-    problem: PlacementProblem, cur: Settled, pressure: float, seconds: float
-) -> tuple[Settled, RoundInfo] | None:
+    problem: PlacementProblem, cur: Settled, pressure: float, seconds: float, model: LinearModel
+) -> tuple[Settled, RoundInfo, Relaxation] | None:
     t0 = time.perf_counter()
     waits, rate = _priced(problem, cur, pressure)
-    lp = lp_rounded(problem, waits, rate, time_limit_s=seconds)
+    lp = lp_rounded(problem, waits, rate, time_limit_s=seconds, model=model)
     if lp is None:
         return None
     settled = finish(problem, lp[0], "cp-sat", "lp-rounded")
     took = time.perf_counter() - t0
-    return settled, RoundInfo("lp-rounded", lp[1], lp[1], settled.objective, took, took)
+    return settled, RoundInfo("lp-rounded", lp[1].value, lp[1].value, settled.objective, took, took), lp[1]
 
 
 def cpsat_settled(
@@ -161,7 +162,8 @@ def cpsat_settled(
         found.lp = (m, duals)
         return found, rounds
     best, best_status = greedy, ""
-    first = _lp_round(problem, greedy, LP_PRESSURE, max(0.05, 0.6 * (deadline - time.perf_counter())))
+    lpm = LinearModel(problem)
+    first = _lp_round(problem, greedy, LP_PRESSURE, max(0.05, 0.6 * (deadline - time.perf_counter())), lpm)
     start = greedy
     overhead = 0.0  # Python time around each solve (building, binding, re-pricing), learnt as rounds go
     if first is not None:
@@ -197,7 +199,9 @@ def cpsat_settled(
         prev = settled
     if best is greedy:
         best_status = "greedy-kept" if solved else "greedy-fallback"
-    return best.tagged(best_status, time.perf_counter() - t0), rounds
+    found = best.tagged(best_status, time.perf_counter() - t0)
+    found.lp = (lpm, first[2].duals if first is not None else None)  # to bound the plan without a new model
+    return found, rounds
 
 
 def solve_cpsat(problem: PlacementProblem) -> Plan:

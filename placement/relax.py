@@ -42,6 +42,7 @@ MAX_ROUNDS = 30
 SAMPLE_ABOVE = 3_000
 SAMPLE_SIZE = 1_000
 SAMPLE_GAP = 1e-3  # the sample's duals need not be exact
+SMALL_COLUMNS = 2_000  # up to this many options, one solve over them all beats any pricing round
 DIRECT_COLUMNS = 40_000  # without duals, up to this many options GLOP solves them all at once faster
 
 
@@ -424,7 +425,7 @@ class LinearModel:
                 rc -= ye[row_a[a]] * coef_a[a]
             return rc
 
-        if everything or n_cols == 0 or (duals is None and n_cols <= DIRECT_COLUMNS):
+        if everything or n_cols <= SMALL_COLUMNS or (duals is None and n_cols <= DIRECT_COLUMNS):
             first = np.arange(n_cols)
         elif duals is not None and len(duals) == self.n_rows:
             part = resource_part(duals)

@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from placement.bound import relaxation
 from placement.costs import delay_cost, new_node_cost, run_cost
 from placement.ledger import Ledger
-from placement.relax import Relaxation
+from placement.relax import LinearModel, Relaxation
 from placement.types import PlacementProblem
 
 
@@ -28,12 +27,15 @@ def lp_rounded(
     waits: Sequence[float],
     start_rate: dict[int, float] | None = None,
     time_limit_s: float | None = None,
-) -> tuple[Ledger, float] | None:
-    """Bindings that follow the LP's choices, and the LP's value; None when the LP does not solve in time."""
-    lp = relaxation(problem, waits, start_rate, time_limit_s)
+    model: LinearModel | None = None,
+) -> tuple[Ledger, Relaxation] | None:
+    """Bindings that follow the LP's choices, and the LP; None when the LP does not solve in time. `model`: the
+    problem's relaxation, if built already."""
+    m = model if model is not None else LinearModel(problem)
+    lp = m.solve(waits, start_rate, time_limit_s)
     if lp is None:
         return None
-    return bind_relaxation(problem, lp, waits), lp.value
+    return bind_relaxation(problem, lp, waits), lp
 
 
 def bind_relaxation(problem: PlacementProblem, lp: Relaxation, waits: Sequence[float]) -> Ledger:

@@ -20,7 +20,14 @@ from placement.rounding import bind_relaxation
 from test_placement_fastpaths import problems
 from test_placement_solver import queue
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=120, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(autouse=True)
+def priced_in_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small problems are solved over every option at once; here they go through the pricing rounds too."""
+    monkeypatch.setattr(relax, "SMALL_COLUMNS", 0)
 
 
 def close(a: float, b: float) -> bool:
@@ -87,7 +94,8 @@ def test_a_huge_queue_starts_from_a_scaled_sample_and_reaches_the_same_optimum(
     assert check_plan(p, settled.plan) == []
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(problems(max_jobs=12))
 def test_the_search_for_huge_queues_is_valid_and_never_worse_than_greedy(p: PlacementProblem) -> None:
     saved = cpsat.CPSAT_MAX_PAIRS
