@@ -14,6 +14,7 @@ The relaxation is valid for the real node-fit rules, not only for the CP-SAT mod
   readiness of its nodes (never more than the latest, which is what it really pays);
 - node fit is exact in the GPU dimension (packing patterns over GPU counts per free-GPU profile, with LP
   counts), while CPU, memory and whole idle nodes for gangs are only summed per ready-group.
+relax.py builds and solves it.
 """
 
 from __future__ import annotations

@@ -25,9 +25,11 @@ would get if it alone waited), optionally plus "queue pressure": what holding on
 jobs queued behind (see `queue_pressure`). Every round's solution is re-priced consistently by
 `assemble.finish`, and the cheapest plan seen wins, greedy's and the LP rounding's included, so the result is
 never worse than greedy's. Before the rounds, the LP relaxation (GLOP) is solved and rounded (rounding.py);
-the better of that plan and greedy's is the first round's hint. On queues beyond CPSAT_MAX_PAIRS
-(job, target) pairs CP-SAT does not reach a useful gap in seconds on two cores; there the LP roundings are
-iterated to a fixed point of their own pricing instead (lpsearch.py).
+the better of that plan and greedy's is the first round's hint; a round priced exactly like an earlier one
+is skipped. Models of a few thousand variables are solved by one CP-SAT worker (a second costs more to start
+than it saves), bigger ones by two with LP-based subsolvers. On queues beyond CPSAT_MAX_PAIRS (job, target)
+pairs CP-SAT does not reach a useful gap in seconds on two cores; there the LP roundings are iterated to a
+fixed point of their own pricing instead (lpsearch.py).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from placement.costs import cents
 from placement.cpsat_round import bind, solve_round
 from placement.greedy import greedy_settled
 from placement.lpsearch import lp_search
-from placement.relax import LinearModel, Relaxation
 from placement.order import queue_order
+from placement.relax import LinearModel, Relaxation
 from placement.rounding import lp_rounded
 from placement.structure import Structure
 from placement.types import PlacementProblem, Plan

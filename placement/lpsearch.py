@@ -64,7 +64,7 @@ def lp_search(
         t0 = time.perf_counter()
         # Keep time for the next step, then for the WAIT rule on the best rounding (a forecast or two) and
         # for writing the plan out.
-        if best is not None and deadline - t0 < next_s + 2.5 * price_s:
+        if best is not None and deadline - t0 < next_s + 2 * price_s:
             break
         left = max(0.0, deadline - t0)
         rough = duals is None

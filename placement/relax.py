@@ -5,13 +5,15 @@ may run on any ready-group of any target it fits; node fit is exact in GPUs (pac
 profiles, with LP counts) and summed per ready-group for CPU, memory and whole idle nodes for gangs; new nodes
 of a pool are an LP count under its limit, paying their overhead, and all pools' new GPUs stay under the cap.
 
-Why column generation: a queue of 10,000 jobs has hundreds of thousands of (job, ready-group) options, and
-handing them all to GLOP costs seconds in Python alone, while the optimum uses one or two per running job.
-All options live in numpy arrays; the LP is solved over a few of them, every option is priced with the duals
-(reduced cost = cost - wait - duals of the rows it uses), those that would lower the objective join, and so
-on until none would. Each solve's row duals pick the first columns of the next solve of the same model, whose
-waits are usually close. The value returned is always a valid bound: the restricted optimum plus, for every
-class of jobs, its count times its most negative reduced cost (zero once no option improves).
+All options (class of jobs, ready-group) live in numpy arrays and go to GLOP in bulk. A queue of 10,000 jobs
+has some 100,000 of them and GLOP takes over a second on them all, while the optimum uses one or two per
+running job; so, from the duals of an earlier solve of the same model (whose waits are usually close), the
+LP is solved over each class's few best options, every option is priced with the new duals (reduced cost =
+cost - wait - duals of the rows it uses), those that would lower the objective join, and so on until none
+would. Without earlier duals, a huge queue starts from those of a scaled sample of itself (`rough` even
+stops there); small LPs are solved over every option at once. The value returned is always a valid bound:
+the restricted optimum plus, for every class, its count times its most negative reduced cost (zero once no
+option improves).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from placement.types import JobDemand, Node, PlacementProblem, Target
 # Reduced costs below this (dollars) count as improving; above it the column cannot lower the objective by
 # more than this per job, which the bound accounts for anyway.
 RC_TOL = 1e-7
-FIRST_COLUMNS = 3
-ADD_PER_ROUND = 2
+FIRST_COLUMNS = 3  # per class, from earlier duals: its best options (fewer cost more rounds than they save)
+ADD_PER_ROUND = 2  # per class and pricing round: its most improving options
 MAX_ROUNDS = 30
 # Without duals from an earlier solve, a queue of more than SAMPLE_ABOVE classes first solves a sample of about
 # SAMPLE_SIZE of them against capacities scaled alike, whose duals are close to the whole queue's.
@@ -233,7 +235,6 @@ class LinearModel:
                 pats = maximal_patterns((free,), [(s,) for s in order], limit=10_000, steps=1_000_000)
                 if pats:
                     self.patterns.append((gi, free, count, pats, order))
-        self.new_targets = sorted({g.target for g in groups if g.new})
 
     def solve(
         self,

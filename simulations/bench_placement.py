@@ -258,8 +258,12 @@ def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float) -> N
                       f"{sum(plan.new_nodes.values())} new nodes"),
     ]
     for k, r in enumerate(rounds, 1):
-        solved = (f"LP ${r.model_objective:,.0f}" if r.status == "lp-rounded" else
-                  f"model ${r.model_objective:,.0f} (own gap {gap(r.model_objective, r.model_bound)})")
+        if r.status != "lp-rounded":
+            solved = f"model ${r.model_objective:,.0f} (own gap {gap(r.model_objective, r.model_bound)})"
+        elif math.isfinite(r.model_objective):
+            solved = f"LP ${r.model_objective:,.0f}"
+        else:
+            solved = "rough LP (a sample's duals)"
         rows.append((f"  round {k}", f"{r.status} in {r.seconds:.2f} s: {solved}, "
                                      f"re-priced plan ${r.plan_objective:,.0f}"))
     rows += [
