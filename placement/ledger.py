@@ -90,6 +90,13 @@ class Ledger:
         # until something is: shape -> the `_freed` count when it found none.
         self._freed = 0
         self._none: dict[tuple, int] = {}
+        # Per target: a count of changes to its nodes, and the node each single-node size would take.
+        self._tver = [0] * len(self.targets)
+        self._slot_memo: dict[tuple, tuple[int, Slot | None]] = {}
+        # A count of changes to any node (opening and closing new ones included), and per single-node shape
+        # the targets that could take it as of that count (see `_best_single`).
+        self._version = 0
+        self._cands: dict[tuple, tuple[int, list]] = {}
         self.target_index = {t.id: i for i, t in enumerate(self.targets)}
         self._max_new = [t.max_new_nodes if t.kind == "cloud" else 0 for t in self.targets]
         self._gpn = [t.gpus_per_node for t in self.targets]
@@ -110,6 +117,8 @@ class Ledger:
         self._file(s)
 
     def _file(self, s: Slot) -> None:
+        self._tver[s.target] += 1
+        self._version += 1
         if not s.whole:
             self._buckets[s.target].setdefault(s.g, {})[s.name] = s
             if s.g > self._top[s.target]:
@@ -118,6 +127,8 @@ class Ledger:
             self._whole_free[s.target][s.name] = s
 
     def _unfile(self, s: Slot) -> None:
+        self._tver[s.target] += 1
+        self._version += 1
         buckets = self._buckets[s.target]
         b = buckets.get(s.g)
         if b is not None:
@@ -274,11 +285,16 @@ class Ledger:
                  job.checkpointable)
         if self._none.get(shape) == self._freed:
             return None
-        best: Option | None = None
+        if job.nodes == 1 and self._rate_order:
+            best = self._best_single(job, i, shape)
+            if best is None:
+                self._none[shape] = self._freed
+            return best
+        best = None
         best_key: tuple[float, int, int] | None = None
         single = job.nodes == 1
         room = self.cap_room() + EPS  # nothing binds while options are sought
-        top, live, max_new, gpn = self._top, self.new_live, self._max_new, self._gpn
+        top, live, max_new, gpn, floor = self._top, self.new_live, self._max_new, self._gpn, self._ready_floor
         for ti in self._by_run_cost(i):
             has_room = top[ti] >= job.gpus if single else bool(self._whole_free[ti])
             if not has_room and not (live[ti] < max_new[ti] and gpn[ti] <= room):
@@ -287,6 +303,9 @@ class Ledger:
             # Every option on a target costs at least its run cost, and targets come cheapest first.
             if best is not None and run > best.cost:
                 break
+            # ... and at least the delay until the target's earliest node can be ready.
+            if best is not None and run + delay_cost(job, floor[ti]) > best.cost:
+                continue
             opt = self._option(i, ti, run)
             if opt is None:
                 continue
@@ -296,6 +315,47 @@ class Ledger:
                 best, best_key = opt, key
         if best is None:
             self._none[shape] = self._freed
+        return best
+
+    def _best_single(self, job: JobDemand, i: int, shape: tuple) -> Option | None:
+        """`best_option` for a single-node job when targets rank alike for every job (`_rate_order`). Where
+        each target would put a job of this shape (its node, and whether a new node may open) is the same for
+        every such job until the ledger changes, so it is worked out once per shape and change; only the
+        prices differ from job to job."""
+        hit = self._cands.get(shape)
+        if hit is None or hit[0] != self._version:
+            room = self.cap_room() + EPS
+            cands = []
+            for ti in self._by_run_cost(i):
+                t = self.targets[ti]
+                slot = self._slot_for(ti, job) if self._top[ti] >= job.gpus else None
+                fresh = (t.kind == "cloud" and self.new_live[ti] < t.max_new_nodes and t.gpus_per_node <= room
+                         and self.full_node_fits(job, t))
+                if slot is not None or fresh:
+                    cands.append((ti, t, slot, fresh, self._ready_floor[ti]))
+            hit = self._cands[shape] = (self._version, cands)
+        best: Option | None = None
+        best_key: tuple[float, int, int] | None = None
+        for ti, t, slot, fresh, floor in hit[1]:
+            run = run_cost(job, t)
+            # Every option on a target costs at least its run cost, and targets come cheapest first ...
+            if best is not None and run > best.cost:
+                break
+            # ... and at least the delay until the target's earliest node can be ready.
+            if best is not None and run + delay_cost(job, floor) > best.cost:
+                continue
+            opt: Option | None = None
+            if slot is not None:
+                opt = Option(ti, (slot.name,), 0, slot.ready, run + delay_cost(job, slot.ready))
+            if fresh:
+                cost = run + delay_cost(job, t.provisioning_h) + new_node_cost(t, self.policy)
+                if opt is None or cost < opt.cost - EPS:
+                    opt = Option(ti, (), 1, t.provisioning_h, cost)
+            assert opt is not None
+            # On equal cost, on-prem first (no cloud spend on the bill), then target order.
+            key = (opt.cost, 0 if t.kind == "onprem" else 1, ti)
+            if best_key is None or key < best_key:
+                best, best_key = opt, key
         return best
 
     def by_run_cost(self, i: int) -> Iterator[tuple[float, int]]:
@@ -330,6 +390,24 @@ class Ledger:
 
     def _single_option(self, job: JobDemand, ti: int, run: float) -> Option | None:
         t = self.targets[ti]
+        found = self._slot_for(ti, job)
+        best: Option | None = None
+        if found is not None:
+            best = Option(ti, (found.name,), 0, found.ready, run + delay_cost(job, found.ready))
+        if t.kind == "cloud" and self.can_open(ti) and self.full_node_fits(job, t):
+            cost = run + delay_cost(job, t.provisioning_h) + new_node_cost(t, self.policy)
+            if best is None or cost < best.cost - EPS:
+                best = Option(ti, (), 1, t.provisioning_h, cost)
+        return best
+
+    def _slot_for(self, ti: int, job: JobDemand) -> Slot | None:
+        """The node of target `ti` a replica of single-node `job` would take now: the earliest ready among
+        those it fits, then the tightest fit (which keeps big holes for big jobs). The same for every job of
+        one size until the target's nodes change, so it is kept until then."""
+        key = (ti, job.gpus, job.cpu, job.memory_gib)
+        hit = self._slot_memo.get(key)
+        if hit is not None and hit[0] == self._tver[ti]:
+            return hit[1]
         found: Slot | None = None
         buckets = self._buckets[ti]
         # No slot of the target is ready before this: a slot found at it cannot be beaten.
@@ -341,21 +419,14 @@ class Ledger:
                 continue
             for s in bucket.values():
                 if s.c >= cpu and s.m >= mem and not s.whole:
-                    # Earliest ready first, then the tightest fit, which keeps big holes for big jobs.
                     if found is None or s.ready < found.ready - EPS:
                         found = s
                         if s.ready <= floor:
                             break
             if found is not None and found.ready <= floor:
                 break
-        best: Option | None = None
-        if found is not None:
-            best = Option(ti, (found.name,), 0, found.ready, run + delay_cost(job, found.ready))
-        if t.kind == "cloud" and self.can_open(ti) and self.full_node_fits(job, t):
-            cost = run + delay_cost(job, t.provisioning_h) + new_node_cost(t, self.policy)
-            if best is None or cost < best.cost - EPS:
-                best = Option(ti, (), 1, t.provisioning_h, cost)
-        return best
+        self._slot_memo[key] = (self._tver[ti], found)
+        return found
 
     def _gang_option(self, job: JobDemand, ti: int, run: float) -> Option | None:
         t = self.targets[ti]

@@ -245,10 +245,11 @@ class LinearModel:
         everything: bool = False,
         gap_tol: float = 0.0,
         max_rounds: int = MAX_ROUNDS,
+        first_columns: int = FIRST_COLUMNS,
     ) -> Relaxation | None:
         """The relaxation with waiting priced at `waits` and on-prem starts charged `start_rate` dollars per
-        GPU-hour held (per target); `duals` from an earlier solve pick the first columns, `everything` puts
-        every option in at once. Column generation stops once the bound is within `gap_tol` (relative) of
+        GPU-hour held (per target); `duals` from an earlier solve pick each class's `first_columns` best
+        options to start from, `everything` puts every option in at once. Column generation stops once the bound is within `gap_tol` (relative) of
         the solution, after `max_rounds` solves, or when time runs short; None when GLOP has no optimum of even
         the first columns."""
         t_end = None if time_limit_s is None else time.perf_counter() + time_limit_s
@@ -264,7 +265,7 @@ class LinearModel:
                 first = self._sample(cols, waits, start_rate, t_end, gap_tol)
                 if first is not None:
                     duals = first.duals
-        return self._cg(cols, 1.0, duals, everything, t_end, gap_tol, max_rounds)
+        return self._cg(cols, 1.0, duals, everything, t_end, gap_tol, max_rounds, first_columns)
 
     def rough(
         self, waits: Sequence[float], start_rate: dict[int, float] | None = None, time_limit_s: float | None = None
@@ -299,6 +300,10 @@ class LinearModel:
                 fresh[g.target] = fresh.get(g.target, 0.0) + used
         return Relaxation(-math.inf, math.nan, runs, fresh, self.group_target.tolist(), y, 0, len(cols.d), 0)
 
+    def huge(self, waits: Sequence[float]) -> bool:
+        """Whether, priced at `waits`, the relaxation has too many options to solve over them all at once."""
+        return self._huge(_Columns(self, waits, None))
+
     def _huge(self, cols: _Columns) -> bool:
         return cols.n_classes > SAMPLE_ABOVE and len(cols.d) > DIRECT_COLUMNS
 
@@ -309,10 +314,10 @@ class LinearModel:
         """The relaxation of every k-th class against capacities divided by k."""
         k = cols.n_classes // SAMPLE_SIZE
         sample = _Columns(self, waits, start_rate, keep=np.arange(cols.n_classes) % k == 0, base=cols)
-        return self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS)
+        return self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS, FIRST_COLUMNS)
 
     def _cg(self, cols: _Columns, scale: float, duals: np.ndarray | None, everything: bool,
-            t_end: float | None, gap_tol: float, max_rounds: int) -> Relaxation | None:
+            t_end: float | None, gap_tol: float, max_rounds: int, first_columns: int) -> Relaxation | None:
         """Column generation over `cols`, every capacity multiplied by `scale`."""
         problem = self.problem
         targets = problem.targets
@@ -430,7 +435,7 @@ class LinearModel:
             first = np.arange(n_cols)
         elif duals is not None and len(duals) == self.n_rows:
             part = resource_part(duals)
-            first = _best_per_class(part, col_cls, FIRST_COLUMNS, part < 0)
+            first = _best_per_class(part, col_cls, first_columns, part < 0)
         else:
             first = _best_per_class(d, col_cls, 1, np.ones(n_cols, dtype=bool))
         add(first)
