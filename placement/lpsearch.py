@@ -32,6 +32,7 @@ LP_ROUNDS = 1
 LP_COLUMNS = 6
 ROUGH_TO_SOLVE = 2.0
 DAMPING = 0.5  # weight of the newest plan's forecast in the pricing of the next step
+MARGIN = 1.2  # steps vary in length by about this much
 
 
 @dataclass
@@ -61,13 +62,14 @@ def lp_search(
     duals: np.ndarray | None = None
     best: _Candidate | None = None
     seen: set[frozenset] = set()
+    huge = False
     next_s = 0.0  # what the next step is expected to take
     price_s = 0.0  # one forecast
     while True:
         t0 = time.perf_counter()
         # Keep time for the next step, then for the WAIT rule on the best rounding (a forecast or two) and
         # for writing the plan out.
-        if best is not None and deadline - t0 < next_s + 2 * price_s:
+        if best is not None and deadline - t0 < MARGIN * next_s + 2.5 * price_s:
             break
         left = max(0.0, deadline - t0)
         rough = duals is None
@@ -77,9 +79,11 @@ def lp_search(
         else:
             # Where the LP is cheap, solve it through; on a huge queue one solve from the duals does.
             lp = m.solve(waits, duals=duals, time_limit_s=left, gap_tol=LP_GAP,
-                         max_rounds=LP_ROUNDS if m.huge(waits) else MAX_ROUNDS, first_columns=LP_COLUMNS)
+                         max_rounds=LP_ROUNDS if huge else MAX_ROUNDS, first_columns=LP_COLUMNS)
         if lp is None:
             break
+        if rough:
+            huge = lp.rounds == 0  # the rough stand-in was used rather than the LP itself
         lp_s = time.perf_counter() - t0
         duals = lp.duals
         ledger = bind_relaxation(problem, lp, waits)
