@@ -9,7 +9,7 @@ the other targets are cloud pools drawn from the bundled price catalog (several 
 spot); jobs of 1/2/4/8 GPUs (p = .7/.1/.15/.05) plus a few 2 x 8 gangs, runtimes log-uniform in 0.5-30 h.
 Each size prints one line per run: the decision's time (`solve` without the LP bound, as a replay runs it),
 its objective against greedy's, and its gap to the LP bound priced by the plan's own forecast (computed
-separately, timed on its own). `--small N` instead solves N small random problems (1-50 pending jobs, 2-6
+separately, timed on its own; `--with-bound` also times `solve` computing it, as the loop does to log it). `--small N` instead solves N small random problems (1-50 pending jobs, 2-6
 targets, on-prem load anywhere from idle to full), the common case of a replay that solves at every arrival
 and job end, and prints the mean time per solve. It prints figures; it does not pass or fail.
 """
@@ -201,9 +201,9 @@ def bench_small(n: int, seed: int) -> None:
           f"worse than greedy: {worse}; check_plan violations: {bad}")
 
 
-def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float) -> None:
+def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float, with_bound: bool) -> None:
     print(f"{'jobs':>6} x {'tgts':<4} {'seed':>4}  {'greedy':>18}  {'decision':>22}  {'vs greedy':>9}  "
-          f"{'status':<14} {'LP bound':>18}  {'gap':>6}  check")
+          f"{'status':<14} {'LP bound':>18}  {'gap':>6}  check" + ("  solve with bound" if with_bound else ""))
     for n in sizes:
         for r in range(runs):
             s = seed + r
@@ -222,9 +222,16 @@ def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_lim
             gap = f"{100 * (plan.objective - bound) / plan.objective:.2f}%" if bound is not None else "-"
             below = 100 * (greedy.objective - plan.objective) / max(greedy.objective, 1e-9)
             bad = check_plan(problem, plan)
-            print(f"{n:>6} x {n_targets:<4} {s:>4}  ${greedy.objective:>9,.0f} {greedy_s:>5.2f} s  "
-                  f"${plan.objective:>9,.0f} in {plan_s:>5.2f} s  {below:>8.1f}%  {plan.status:<14} "
-                  f"${bound or 0:>9,.0f} {lp_s:>5.2f} s  {gap:>6}  {'ok' if not bad else len(bad)}")
+            line = (f"{n:>6} x {n_targets:<4} {s:>4}  ${greedy.objective:>9,.0f} {greedy_s:>5.2f} s  "
+                    f"${plan.objective:>9,.0f} in {plan_s:>5.2f} s  {below:>8.1f}%  {plan.status:<14} "
+                    f"${bound or 0:>9,.0f} {lp_s:>5.2f} s  {gap:>6}  {'ok' if not bad else len(bad)}")
+            if with_bound:
+                # what the scheduler's loop pays when it logs the gap every cycle
+                t = time.perf_counter()
+                bounded = solve(replace(problem, policy=replace(policy, compute_bound=True)))
+                took = time.perf_counter() - t
+                line += f"  {took:5.2f} s, gap {100 * (bounded.gap or 0.0):.2f}%"
+            print(line)
 
 
 def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float) -> None:
@@ -286,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-limit", type=float, default=2.0)
     ap.add_argument("--small", type=int, default=0, metavar="N", help="solve N small random problems instead")
     ap.add_argument("--detail", action="store_true", help="one size: every round of the search")
+    ap.add_argument("--with-bound", action="store_true",
+                    help="also time `solve` with the LP bound on (Policy.compute_bound), as the loop logs it")
     args = ap.parse_args(argv)
     if args.small:
         bench_small(args.small, args.seed)
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in sizes:
             bench_detail(n, args.targets, args.seed, args.time_limit)
         return
-    bench_sizes(sizes, args.targets, args.seed, args.runs, args.time_limit)
+    bench_sizes(sizes, args.targets, args.seed, args.runs, args.time_limit, args.with_bound)
 
 
 if __name__ == "__main__":
