@@ -93,10 +93,8 @@ class Ledger:
         # Per target: a count of changes to its nodes, and the node each single-node size would take.
         self._tver = [0] * len(self.targets)
         self._slot_memo: dict[tuple, tuple[int, Slot | None]] = {}
-        # A count of changes to any node (opening and closing new ones included), and per single-node shape
-        # the targets that could take it as of that count (see `_best_single`).
-        self._version = 0
-        self._cands: dict[tuple, tuple[int, list]] = {}
+        # per single-node shape: the targets that may take it, with what about them is fixed for the shape
+        self._cands: dict[tuple, list[tuple[int, Target, bool, float]]] = {}
         self.target_index = {t.id: i for i, t in enumerate(self.targets)}
         self._max_new = [t.max_new_nodes if t.kind == "cloud" else 0 for t in self.targets]
         self._gpn = [t.gpus_per_node for t in self.targets]
@@ -118,7 +116,6 @@ class Ledger:
 
     def _file(self, s: Slot) -> None:
         self._tver[s.target] += 1
-        self._version += 1
         if not s.whole:
             self._buckets[s.target].setdefault(s.g, {})[s.name] = s
             if s.g > self._top[s.target]:
@@ -128,7 +125,6 @@ class Ledger:
 
     def _unfile(self, s: Slot) -> None:
         self._tver[s.target] += 1
-        self._version += 1
         buckets = self._buckets[s.target]
         b = buckets.get(s.g)
         if b is not None:
@@ -318,25 +314,27 @@ class Ledger:
         return best
 
     def _best_single(self, job: JobDemand, i: int, shape: tuple) -> Option | None:
-        """`best_option` for a single-node job when targets rank alike for every job (`_rate_order`). Where
-        each target would put a job of this shape (its node, and whether a new node may open) is the same for
-        every such job until the ledger changes, so it is worked out once per shape and change; only the
-        prices differ from job to job."""
-        hit = self._cands.get(shape)
-        if hit is None or hit[0] != self._version:
-            room = self.cap_room() + EPS
-            cands = []
-            for ti in self._by_run_cost(i):
-                t = self.targets[ti]
-                slot = self._slot_for(ti, job) if self._top[ti] >= job.gpus else None
-                fresh = (t.kind == "cloud" and self.new_live[ti] < t.max_new_nodes and t.gpus_per_node <= room
-                         and self.full_node_fits(job, t))
-                if slot is not None or fresh:
-                    cands.append((ti, t, slot, fresh, self._ready_floor[ti]))
-            hit = self._cands[shape] = (self._version, cands)
+        """`best_option` for a single-node job when targets rank alike for every job (`_rate_order`): the
+        targets in that order with what about them is fixed for the shape (may a new node host it at all,
+        how soon can any node be ready), then per target the node it would take (kept per size until the
+        target's nodes change) and whether a new node may open now."""
+        cands = self._cands.get(shape)
+        if cands is None:
+            cands = self._cands[shape] = [
+                (ti, t, t.kind == "cloud" and t.max_new_nodes > 0 and self.full_node_fits(job, t),
+                 self._ready_floor[ti])
+                for ti in self._by_run_cost(i)
+                for t in (self.targets[ti],)
+            ]
+        room = self.cap_room() + EPS
+        top, live = self._top, self.new_live
         best: Option | None = None
         best_key: tuple[float, int, int] | None = None
-        for ti, t, slot, fresh, floor in hit[1]:
+        for ti, t, may_open, floor in cands:
+            slot = self._slot_for(ti, job) if top[ti] >= job.gpus else None
+            fresh = may_open and live[ti] < t.max_new_nodes and t.gpus_per_node <= room
+            if slot is None and not fresh:
+                continue
             run = run_cost(job, t)
             # Every option on a target costs at least its run cost, and targets come cheapest first ...
             if best is not None and run > best.cost:
