@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from placement import reasons
 from placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
@@ -17,6 +17,11 @@ from placement.forecast import Forecast, forecast_indexed
 from placement.ledger import Blocked, Ledger, Option
 from placement.order import queue_order
 from placement.types import Action, Decision, PlacementProblem, Plan
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from placement.relax import LinearModel
 
 TOL = 1e-6
 
@@ -56,7 +61,8 @@ class Settled:
         self.status = status
         self.solve_s = solve_s
         self.bound: float | None = None  # the LP bound under this plan's own pricing, once a search solved it
-        self.lp: tuple[object, object] | None = None  # (relax.LinearModel, duals) a search left to bound it with
+        # the LP model a search built, and its last duals, to bound this plan with
+        self.lp: tuple[LinearModel, np.ndarray | None] | None = None
         self._plan: Plan | None = None
 
     @property

@@ -4,9 +4,12 @@ A plan prices waiting (its forecast: consistent for its waiting jobs, "if it alo
 the LP relaxation under that pricing is both the bound that says how good the plan is (bound.py) and, rounded
 (rounding.py) and re-priced consistently, the next plan. A plan that is optimal for its own pricing is a
 fixed point, and its gap to the bound is only the rounding's. Starting from greedy, each step moves the
-pricing toward the plan it produces. The LP is built once (relax.py) and each solve starts from the last
-one's duals; a step costs a few GLOP solves, one rounding and one forecast. The WAIT rule and the reasons are
-applied once, to the cheapest rounding seen, which is kept only if it beats greedy's plan.
+pricing toward the plan it produces (damped past the first step, where roundings tend to swing). On a huge
+queue the first step is rough (a scaled sample's duals, every class on its best option under them: greedy's
+pricing is far from the fixed point anyway), and each later one is a single GLOP solve over a few options per
+class picked by the last duals (relax.py), one rounding and one forecast; where the LP is cheap it is solved
+through. Steps go on while the next one, the WAIT rule and writing the plan out fit before the deadline. The
+WAIT rule and the reasons are applied once, to the cheapest rounding seen, kept only if it beats greedy's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """`solve`: the production entry point. Greedy first; a proof that it is optimal ends the search, otherwise
-CP-SAT rounds (or, on huge queues, LP rounds) with greedy as hint and floor, plus the LP bound."""
+CP-SAT rounds (or, on huge queues, the LP search) with greedy as hint and floor, plus the LP bound.
+
+The whole decision keeps to `policy.time_limit_s`; the LP bound, when asked for (`policy.compute_bound`),
+comes after it, from the model the search built."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def solve(problem: PlacementProblem) -> Plan:
     if problem.jobs and len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS:
         proof = proven_optimal(problem, greedy.objective)
         if proof is not None:
-            # Every plan costs at least `proof`, and the LP bound lies between the two: it is the objective.
+            # Every plan costs at least `proof`, which is the objective: no bound can be tighter.
             plan = greedy.tagged("optimal").plan
             return replace(plan, lower_bound=plan.objective if policy.compute_bound else None,
                            solve_s=time.perf_counter() - t0)
@@ -40,7 +43,7 @@ def solve(problem: PlacementProblem) -> Plan:
         if settled.lp is not None:
             # the search's model, started from its last duals, which priced waiting much as this plan does
             m, duals = settled.lp
-            r = m.solve(settled.wait_costs, duals=duals, time_limit_s=limit)  # type: ignore[attr-defined]
+            r = m.solve(settled.wait_costs, duals=duals, time_limit_s=limit)
             bound = None if r is None else r.value
         else:
             bound = lp_bound(problem, settled.wait_costs, time_limit_s=limit)
