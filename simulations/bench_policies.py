@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scheduler.config import SpilloverConfig, load_config, parse_config
@@ -54,6 +54,16 @@ def scenario_config(s: Scenario) -> SpilloverConfig:
     data = base.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["clusters"][0]["node_groups"][0]["count"] = s.onprem_nodes
     return parse_config(data, source=str(REFERENCE), catalog=base.catalog)
+
+
+def thinned(s: Scenario, n: int) -> Scenario:
+    """The scenario with each sweep cut to `n` values spread over its range, both ends kept."""
+    def pick(values: tuple[float, ...]) -> tuple[float, ...]:
+        if len(values) <= n:
+            return values
+        return tuple(values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)) if n > 1 else values[-1:]
+    return replace(s, value_of_time=pick(s.value_of_time), value_of_job_time=pick(s.value_of_job_time),
+                   wait_h=pick(s.wait_h), k=pick(s.k))
 
 
 def runs_of(s: Scenario, queues: Sequence[str]) -> list[RunSpec]:
@@ -164,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N jobs of each workload")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queues", default="easy", help="baselines' on-prem queue: fifo, easy or both")
+    ap.add_argument("--points", type=int, default=None, help="at most this many values of each knob's sweep")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results")
     args = ap.parse_args(argv)
     queues = [q for q in args.queues.split(",") if q]
     for name in args.scenario.split(","):
         s = SCENARIOS[name]
+        if args.points:
+            s = thinned(s, args.points)
         runs = runs_of(s, queues)
         t0 = time.time()
         results: list[RunMetrics] = []
