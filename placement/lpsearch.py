@@ -36,6 +36,7 @@ LP_COLUMNS = 6
 ROUGH_TO_SOLVE = 2.0
 DAMPING = 0.5  # weight of the newest plan's forecast in the pricing of the next step
 MARGIN = 1.2  # steps vary in length by about this much
+MIN_TRY = 0.7  # a step is tried if this share of what it is expected to take is left
 
 
 @dataclass
@@ -67,14 +68,19 @@ def lp_search(
     seen: set[frozenset] = set()
     huge = False
     next_s = 0.0  # what the next step is expected to take
+    bind_s = 0.0
     price_s = 0.0  # one forecast
     while True:
         t0 = time.perf_counter()
-        # Keep time for the next step, then for the WAIT rule on the best rounding (a forecast or two) and
-        # for writing the plan out.
-        if best is not None and deadline - t0 < MARGIN * next_s + 2.5 * price_s:
+        # After the LP: a rounding, a forecast, then the WAIT rule on the best rounding (a forecast or two) and
+        # writing the plan out. A step that looks too long is still tried when it might fit: its LP stops at
+        # its own deadline and the best rounding so far stands.
+        after_lp = bind_s + 3.5 * price_s
+        if best is not None and deadline - t0 < MIN_TRY * (MARGIN * next_s + 2.5 * price_s):
             break
-        left = max(0.0, deadline - t0)
+        left = max(0.0, deadline - t0 - (after_lp if best is not None else 0.0))
+        if best is not None and left <= 0.0:
+            break
         rough = duals is None
         if rough:
             # From greedy's pricing, far from the fixed point, a rough solution is as good a first step.
@@ -91,6 +97,7 @@ def lp_search(
         duals = lp.duals
         ledger = bind_relaxation(problem, lp, waits)
         t1 = time.perf_counter()
+        bind_s = t1 - t0 - lp_s
         fc, plan_waits, objective = priced(problem, ledger)
         price_s = time.perf_counter() - t1
         # Past the first steps the roundings tend to swing between two sets of bursts; pricing by the mean

@@ -231,7 +231,7 @@ def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_lim
                 t = time.perf_counter()
                 bounded = solve(replace(problem, policy=replace(policy, compute_bound=True)))
                 took = time.perf_counter() - t
-                line += f"  {took:5.2f} s, gap {100 * (bounded.gap or 0.0):.2f}%"
+                line += f"  {took:5.2f} s, gap " + ("-" if bounded.gap is None else f"{100 * bounded.gap:.2f}%")
             print(line)
 
 
