@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python -m simulations.bench_placement --jobs 1000 --targets 10
+	$(BIN)/python -m simulations.bench_placement --jobs 1000,10000,50000 --targets 50 --runs 3
 
 # Spillover against the Starburst baselines on the shared workloads; results in simulations/results/
 bench-policies: $(STAMP)
