@@ -168,6 +168,18 @@ def _f(x: float | None, fmt: str = ",.0f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def report(out: Path, s: Scenario, results: list[RunMetrics]) -> None:
+    """results.json, results.csv, pareto.png, targets.json and summary.md for one scenario."""
+    jobs = results[0].jobs
+    title = (f"{s.workload}: {jobs:,} jobs, {s.onprem_nodes * 8} on-prem GPUs, cloud at one price"
+             + (f", estimates +-{s.estimate_error:.0%}" if s.estimate_error else ""))
+    write_results(out, results, title=title)
+    verdicts = [check(results, s, name) for name in ("spillover", "spillover-job")]
+    (out / "targets.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_md(results, verdicts, s, jobs))
+    print(summary_md(results, verdicts, s, jobs))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="gavel,philly,gavel-estimates")
@@ -176,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queues", default="easy", help="baselines' on-prem queue: fifo, easy or both")
     ap.add_argument("--points", type=int, default=None, help="at most this many values of each knob's sweep")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results")
+    ap.add_argument("--replot", action="store_true", help="rewrite plots and summaries from OUT/<scenario>/results.json")
     args = ap.parse_args(argv)
     queues = [q for q in args.queues.split(",") if q]
     for name in args.scenario.split(","):
         s = SCENARIOS[name]
+        if args.replot:
+            report(args.out / name, s, [RunMetrics.from_row(r) for r in
+                                         json.loads((args.out / name / "results.json").read_text())["runs"]])
+            continue
         if args.points:
             s = thinned(s, args.points)
         runs = runs_of(s, queues)
@@ -192,16 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(m)
                 print(f"[{name}] {futures[f].label:<32} cloud {m.cloud_gpu_hours:>10,.0f} GPU-h  JCT {m.jct_avg_h:7.2f} h"
                       f"  ({m.wall_s:.0f} s, {m.cycles} cycles)", flush=True)
-        jobs = results[0].jobs
-        out = args.out / name
-        title = (f"{s.workload}: {jobs:,} jobs, {s.onprem_nodes * 8} on-prem GPUs, cloud at one price"
-                 + (f", estimates +-{s.estimate_error:.0%}" if s.estimate_error else ""))
-        write_results(out, results, title=title)
-        verdicts = [check(results, s, name) for name in ("spillover", "spillover-job")]
-        (out / "targets.json").write_text(json.dumps(verdicts, indent=2) + "\n")
-        (out / "summary.md").write_text(summary_md(results, verdicts, s, jobs))
-        print(summary_md(results, verdicts, s, jobs))
-        print(f"[{name}] {len(runs)} runs in {time.time() - t0:.0f} s; wrote {out}")
+        report(args.out / name, s, results)
+        print(f"[{name}] {len(runs)} runs in {time.time() - t0:.0f} s; wrote {args.out / name}")
     return 0
 
 

@@ -50,6 +50,17 @@ class RunMetrics:
     solves: int = 0
     solve_s: float = 0.0
 
+    @classmethod
+    def from_row(cls, row: dict[str, object]) -> RunMetrics:
+        """Back from `row()` (results.json), per-cloud figures included."""
+        known = {f for f in cls.__dataclass_fields__}
+        m = cls(**{k: v for k, v in row.items() if k in known})
+        for k, v in row.items():
+            for name in ("cloud_usd", "cloud_gpu_hours"):
+                if k.startswith(f"{name}_") and k != f"{name}_measured" and isinstance(v, (int, float)):
+                    getattr(m, f"{name}_by_cloud")[k.removeprefix(f"{name}_")] = float(v)
+        return m
+
     def row(self) -> dict[str, object]:
         out = asdict(self)
         for k in ("cloud_usd_by_cloud", "cloud_gpu_hours_by_cloud"):
