@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # Spillover against the Starburst baselines on the shared workloads; results in simulations/results/
 bench-policies: $(STAMP)
-	$(BIN)/python -m simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),)
+	$(BIN)/python -m simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),) $(if $(POINTS),--points $(POINTS),)
 
 bench-observe: $(STAMP)
 	$(BIN)/python -m simulations.bench_observe --nodes 1000 --pods 5000

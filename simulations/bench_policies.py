@@ -40,12 +40,15 @@ class Scenario:
     wait_h: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     k: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     extra: tuple[str, ...] = field(default=("onprem-only",))
+    # The committed results' settings: a replay takes about 50 ms of wall time per job, so the workloads' prefixes.
+    limit: int | None = None
+    points: int | None = None
 
 
 SCENARIOS = {
-    "gavel": Scenario("gavel", "gavel-synth-dev.csv", 8),
-    "philly": Scenario("philly", "philly-vc.csv", 25),
-    "gavel-estimates": Scenario("gavel-estimates", "gavel-synth-dev.csv", 8, estimate_error=0.5),
+    "gavel": Scenario("gavel", "gavel-synth-dev.csv", 8, limit=2000),
+    "philly": Scenario("philly", "philly-vc.csv", 25, limit=1000, points=4),
+    "gavel-estimates": Scenario("gavel-estimates", "gavel-synth-dev.csv", 8, estimate_error=0.5, limit=1000, points=4),
 }
 
 
@@ -183,10 +186,12 @@ def report(out: Path, s: Scenario, results: list[RunMetrics]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="gavel,philly,gavel-estimates")
-    ap.add_argument("--limit", type=int, default=None, help="replay only the first N jobs of each workload")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="replay only the first N jobs of each workload (0: all; default: the scenario's)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queues", default="easy", help="baselines' on-prem queue: fifo, easy or both")
-    ap.add_argument("--points", type=int, default=None, help="at most this many values of each knob's sweep")
+    ap.add_argument("--points", type=int, default=None,
+                    help="at most this many values of each knob's sweep (0: all; default: the scenario's)")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results")
     ap.add_argument("--replot", action="store_true", help="rewrite plots and summaries from OUT/<scenario>/results.json")
     args = ap.parse_args(argv)
@@ -197,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
             report(args.out / name, s, [RunMetrics.from_row(r) for r in
                                          json.loads((args.out / name / "results.json").read_text())["runs"]])
             continue
-        if args.points:
-            s = thinned(s, args.points)
+        points = s.points if args.points is None else args.points
+        limit = s.limit if args.limit is None else args.limit
+        if points:
+            s = thinned(s, points)
         runs = runs_of(s, queues)
         t0 = time.time()
         results: list[RunMetrics] = []
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = {pool.submit(_one, (s, spec, args.limit)): spec for spec in runs}
+            futures = {pool.submit(_one, (s, spec, limit or None)): spec for spec in runs}
             for f in as_completed(futures):
                 m = f.result()
                 results.append(m)
