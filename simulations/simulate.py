@@ -187,10 +187,16 @@ def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> Non
     styles = {"spillover": ("tab:red", "o", 2.5), "spillover-job": ("tab:orange", "o", 2.5), "no-wait": ("tab:blue", "s", 1.2),
               "constant-wait": ("tab:green", "^", 1.2), "compute-wait": ("tab:purple", "D", 1.2),
               "onprem-only": ("tab:gray", "x", 1.2)}
+    # on-prem only waits so long that, drawn to scale, it squeezes every bursting curve against the y axis
+    bursting = [r.jct_avg_h for r in results if r.policy != "onprem-only"]
+    right = max(bursting) * 1.08 if bursting else None
     for name, rs in sorted(curves.items()):
         rs = sorted(rs, key=lambda r: r.jct_avg_h)
         color, marker, width = styles.get(rs[0].policy, ("black", ".", 1.0))
         dashed = "--" if rs[0].queue == "fifo" else "-"
+        if right is not None and rs[0].policy == "onprem-only" and rs[0].jct_avg_h > 1.5 * right:
+            ax.plot([], [], marker, color=color, label=f"{name}: {rs[0].jct_avg_h:,.1f} h, off the chart")
+            continue
         ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours for r in rs], dashed, color=color, marker=marker,
                 lw=width, label=name)
         for r in rs:

@@ -94,3 +94,64 @@ class PeerHandler(BaseHTTPRequestHandler):
 
     def send_json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         self.send_body(code, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
+
+
+class Peer:
+    """A peer's lifecycle: serve on host:port in a thread, stop answering (connection refused on the same port)
+    while keeping the state, start again. Subclasses set `handler` and `thread_name`."""
+
+    handler: type[PeerHandler]
+    thread_name = "peer"
+
+    def _init_server(self, host: str, port: int, lock: Any | None = None) -> None:
+        self.host = host
+        self._port = port
+        self._server_lock = lock
+        self._httpd: PeerServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self) -> Any:
+        if self._httpd is not None:
+            return self
+        httpd = PeerServer((self.host, self._port), self.handler, self, lock=self._server_lock)
+        self._port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{self.thread_name}-{self._port}", daemon=True)
+        self._thread.start()
+        self._started()
+        return self
+
+    def _started(self) -> None:
+        """What else runs once the server does."""
+
+    def _closing(self, httpd: PeerServer) -> None:
+        httpd.closed = True
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._closing(httpd)
+        httpd.shutdown()
+        httpd.server_close()
+        httpd.drop_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -160,9 +160,13 @@ def test_a_pool_in_error_status_is_reported_once(peer: GKEPeer, gke: GKENodePool
     assert gke.poll_errors() == []
 
 
-def test_a_429_then_success_is_retried_transparently(peer: GKEPeer, gke: GKENodePools) -> None:
+def test_a_429_then_success_is_retried_transparently(peer: GKEPeer) -> None:
     peer.fail_next(2, 429, kind="nodePools.get")
-    assert gke.get_pool("a100").status == "RUNNING"
+    gke = adapter_for(peer, retry_deadline_s=10.0)  # three round trips fit, even on a loaded machine
+    try:
+        assert gke.get_pool("a100").status == "RUNNING"
+    finally:
+        gke.close()
     assert peer.requests[("GET", "nodePools.get")] == 3
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from peer_http import PeerHandler, PeerServer
+from peer_http import Peer, PeerHandler
 
 from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.pipeline import PipelineRequest
@@ -163,7 +163,7 @@ class _Handler(PeerHandler):
                        {**extra, **(headers or {})})
 
 
-class AKSPeer:
+class AKSPeer(Peer):
     """One AKS cluster's agent pools as ARM serves them.
 
     A PUT that changes a pool answers at once with provisioningState Updating and an Azure-AsyncOperation URL;
@@ -172,6 +172,9 @@ class AKSPeer:
     unchanged. Like AKS, it runs one operation per pool at a time (409 for another) and rejects a manual count
     on an autoscaled pool.
     """
+
+    handler = _Handler
+    thread_name = "aks-peer"
 
     def __init__(self, *, subscription_id: str = "6d2f9a4e-1c3b-4f5a-9e8d-7b6a5c4d3e2f",
                  resource_group: str = "spillover-gpu", cluster_name: str = "gpu-aks", location: str = "eastus",
@@ -184,59 +187,17 @@ class AKSPeer:
         self.token = token
         self.operation_delay_s = operation_delay_s
         self.api_versions = api_versions
-        self.host = host
-        self._port = port
         self._lock = threading.RLock()
+        self._init_server(host, port, self._lock)
         self._pools: dict[str, _Pool] = {}
         self._operations: dict[str, _Operation] = {}
         self._faults: list[_Fault] = []
         self._allocation: dict[str, tuple[str, str | None, bool]] = {}
         self._quota: dict[str, int] = {}  # VM family -> regional cores limit
         self._denied: set[str] = set()
-        self._httpd: PeerServer | None = None
-        self._thread: threading.Thread | None = None
         self._errors: list[str] = []
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.last_put: dict[str, Any] | None = None
-
-    # ------------------------------------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def start(self) -> "AKSPeer":
-        if self._httpd is not None:
-            return self
-        httpd = PeerServer((self.host, self._port), _Handler, self, lock=self._lock)
-        self._port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"aks-peer-{self._port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop answering (connection refused on the same port); the pools and operations keep their state."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.closed = True
-        httpd.shutdown()
-        httpd.server_close()
-        httpd.drop_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "AKSPeer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     @property
     def errors(self) -> list[str]:

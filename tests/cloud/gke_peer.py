@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from peer_http import PeerHandler, PeerServer
+from peer_http import Peer, PeerHandler
 
 __all__ = ["GKEPeer", "PERMISSIONS"]
 
@@ -126,7 +126,7 @@ class _Handler(PeerHandler):
         self.send_body(code, json.dumps(obj).encode(), "application/json; charset=UTF-8", headers)
 
 
-class GKEPeer:
+class GKEPeer(Peer):
     """One GKE cluster's node-pool API, answering the documented v1 REST paths.
 
     A setSize starts an Operation that is PENDING in the answer, RUNNING until `operation_s` seconds have
@@ -135,12 +135,14 @@ class GKEPeer:
     per zone, and node pools are guarded by the cluster's IAM permissions.
     """
 
+    handler = _Handler
+    thread_name = "gke-peer"
+
     def __init__(self, *, project: str = "spillover-test", location: str = "us-central1",
                  cluster: str = "burst-gpu", host: str = "127.0.0.1", port: int = 0, operation_s: float = 0.05,
                  require_token: str | None = None) -> None:
         self.project, self.location, self.cluster = project, location, cluster
-        self.host = host
-        self._port = port
+        self._init_server(host, port)
         self.operation_s = operation_s
         self.require_token = require_token
         self._lock = threading.RLock()
@@ -149,15 +151,7 @@ class GKEPeer:
         self._faults: list[_Fault] = []
         self._denied: set[str] = set()
         self._errors: list[str] = []
-        self._httpd: PeerServer | None = None
-        self._thread: threading.Thread | None = None
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    # ------------------------------------------------------------------------------------------------ lifecycle
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -167,35 +161,6 @@ class GKEPeer:
     @property
     def cluster_path(self) -> str:
         return f"projects/{self.project}/locations/{self.location}/clusters/{self.cluster}"
-
-    def start(self) -> GKEPeer:
-        if self._httpd is not None:
-            return self
-        httpd = PeerServer((self.host, self._port), _Handler, self)
-        self._port = httpd.server_address[1]
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"gke-peer-{self._port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop answering (connection refused on the same port); pools and operations keep their state."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.closed = True
-        httpd.shutdown()
-        httpd.server_close()
-        httpd.drop_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> GKEPeer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     @property
     def errors(self) -> list[str]:

@@ -6,14 +6,13 @@ import base64
 import binascii
 import collections
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from peer_http import PeerHandler, PeerServer
+from peer_http import Peer, PeerHandler, PeerServer
 
 from .controller import Controller
 from .matching import SelectorError, parse_field_selector, parse_label_selector
@@ -219,7 +218,7 @@ def _decode_continue(value: str) -> tuple[str, int]:
         raise _bad_request("continue key is not valid: incorrect encoded start resourceVersion") from None
 
 
-class FakeKube:
+class FakeKube(Peer):
     """A cluster you can point the official `kubernetes` client at.
 
     Objects live in memory under one lock; one resourceVersion counter orders every write, and a bounded
@@ -227,18 +226,18 @@ class FakeKube:
     their `spillover/estimated-runtime-s` annotation says (times `time_scale`), and drives Jobs.
     """
 
+    handler = _Handler
+    thread_name = "fake-kube"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, time_scale: float = 1.0, history: int = 2000,
                  token: str | None = "test-token", watch_timeout: float = 30.0):
-        self.host = host
-        self._port = port
         self.time_scale = time_scale
         self.token = token
         self.watch_timeout = watch_timeout
         self._store = Store(history)
         self._lock = self._store.lock
+        self._init_server(host, port, self._lock)
         self._controller = Controller(self._store, time_scale)
-        self._httpd: PeerServer | None = None
-        self._serve_thread: threading.Thread | None = None
         self._node_ips = 0
         self._forbidden: set[tuple[str, str]] = set()
         self._injected: list[list] = []  # [verb, resource, code, remaining]
@@ -250,50 +249,18 @@ class FakeKube:
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def start(self) -> "FakeKube":
-        if self._httpd is not None:
-            return self
-        httpd = PeerServer((self.host, self._port), _Handler, self, lock=self._lock)
-        self._port = httpd.server_address[1]
-        self._httpd = httpd
-        self._serve_thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                              name=f"fake-kube-{self._port}", daemon=True)
-        self._serve_thread.start()
+    def _started(self) -> None:
         self._controller.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop answering (connection refused); the cluster itself keeps running its pods meanwhile."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        with self._lock:
+    def _closing(self, httpd: PeerServer) -> None:
+        with self._lock:  # watches waiting on the store must see the server go
             httpd.closed = True
             self._store.changed.notify_all()
-        httpd.shutdown()
-        httpd.server_close()
-        httpd.drop_connections()
-        if self._serve_thread is not None:
-            self._serve_thread.join(timeout=5)
 
     def close(self) -> None:
-        """Stop the API and the controller for good."""
+        """Stop the API and the controller for good; `stop()` alone keeps the cluster running its pods."""
         self.stop()
         self._controller.close()
-
-    def __enter__(self) -> "FakeKube":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Block until the controller has caught up with every change so far (not with timers still running)."""
