@@ -12,10 +12,18 @@ import dataclasses
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
-from providers.contract import ClusterState, DispatchRequest, ErrorKind, JobStatus, NodeInfo, PoolState, ProviderError
+from providers.contract import (
+    Clock,
+    ClusterState,
+    DispatchRequest,
+    ErrorKind,
+    JobStatus,
+    NodeInfo,
+    PoolSpec,
+    PoolState,
+    ProviderError,
+)
 from providers.kubernetes import KubernetesProvider
 from providers.nodepools import NodePoolAPI, PoolSize
 
@@ -25,31 +33,11 @@ log = logging.getLogger(__name__)
 PASSING = (ErrorKind.UNREACHABLE, ErrorKind.TRANSIENT, ErrorKind.THROTTLED)
 
 
-class _Clock(Protocol):
-    def now(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class CloudPool:
-    """A node pool as configured: hardware from the price catalog, bounds and boot time from the config."""
-
-    name: str
-    instance_type: str
-    gpu_type: str
-    gpus_per_node: int
-    cpu_per_node: float
-    memory_gib_per_node: float
-    min_nodes: int
-    max_nodes: int
-    provisioning_delay_s: float
-    spot: bool = False
-
-
 class CloudClusterProvider:
     """One EKS, GKE or AKS cluster (see the module docstring)."""
 
-    def __init__(self, name: str, kube: KubernetesProvider, pools_api: NodePoolAPI, pools: Sequence[CloudPool],
-                 clock: _Clock) -> None:
+    def __init__(self, name: str, kube: KubernetesProvider, pools_api: NodePoolAPI, pools: Sequence[PoolSpec],
+                 clock: Clock) -> None:
         self.name = name
         self.kube = kube
         self.pools_api = pools_api
@@ -156,7 +144,7 @@ class CloudClusterProvider:
             self._asked.pop(pool)  # someone else resized it; the cloud's number wins
         return size
 
-    def _booting_node(self, p: CloudPool, name: str, ready_at: float) -> NodeInfo:
+    def _booting_node(self, p: PoolSpec, name: str, ready_at: float) -> NodeInfo:
         return NodeInfo(name=name, gpu_type=p.gpu_type, gpus=p.gpus_per_node, cpu=p.cpu_per_node,
                         memory_gib=p.memory_gib_per_node, free_gpus=p.gpus_per_node, free_cpu=p.cpu_per_node,
                         free_memory_gib=p.memory_gib_per_node, ready=False, pool=p.name, ready_at=ready_at)

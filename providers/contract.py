@@ -64,6 +64,28 @@ class JobPhase(str, Enum):
     FAILED = "failed"
 
 
+class Clock(Protocol):
+    """What a provider needs of the loop's clock (real or simulated)."""
+
+    def now(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A cloud node pool as configured: hardware from the price catalog, bounds and boot time from the config."""
+
+    name: str
+    instance_type: str
+    gpu_type: str
+    gpus_per_node: int
+    cpu_per_node: float
+    memory_gib_per_node: float
+    min_nodes: int
+    max_nodes: int
+    provisioning_delay_s: float
+    spot: bool = False
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     name: str

@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from providers.contract import (
+    Clock,
     ClusterState,
     DispatchRequest,
     ErrorKind,
@@ -60,10 +61,6 @@ UNFINISHED_PODS = "status.phase!=Succeeded,status.phase!=Failed"  # kube-schedul
 OURS = f"{MANAGED_BY}={MANAGER}"
 
 
-class _Clock(Protocol):
-    def now(self) -> float: ...
-
-
 class _WallClock:
     def now(self) -> float:
         return time.time()
@@ -96,13 +93,13 @@ class KubernetesProvider:
     """One member cluster reached through its Kubernetes API (see the module docstring for the design)."""
 
     def __init__(self, name: str, settings: KubeSettings, *, api_client: k8s.ApiClient | None = None,
-                 clock: _Clock | None = None, pools: Sequence[PoolInfo] = (),
+                 clock: Clock | None = None, pools: Sequence[PoolInfo] = (),
                  watch_timeout_s: float = 60.0) -> None:
         self.name = name
         self.settings = settings
         self._owns_client = api_client is None
         self._api = api_client if api_client is not None else build_api_client(settings)
-        self._clock: _Clock = clock or _WallClock()
+        self._clock: Clock = clock or _WallClock()
         self._pools = {p.name: p for p in pools}
         self._core = k8s.CoreV1Api(self._api)
         self._batch = k8s.BatchV1Api(self._api)
@@ -436,7 +433,7 @@ class _Missing(Exception):
 
 
 def _async_classifier(cluster: str, redact: Redactor, host: str,
-                      clock: _Clock) -> Callable[[BaseException, str], ProviderError]:
+                      clock: Clock) -> Callable[[BaseException, str], ProviderError]:
     def classify_async(exc: BaseException, action: str) -> ProviderError:
         return classify(exc, action=action, cluster=cluster, redact=redact, host=host, at=clock.now())
 

@@ -14,25 +14,23 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from providers.contract import (
+    Clock,
     ClusterState,
     DispatchRequest,
     ErrorKind,
     JobPhase,
     JobStatus,
     NodeInfo,
+    PoolSpec,
     PoolState,
     ProviderError,
 )
 from scheduler.model import JobSpec
 
 EPS = 1e-9
-
-
-class _Clock(Protocol):
-    def now(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,6 @@ class SimNodeGroup:
     gpu_type: str
     cpu_per_node: float
     memory_gib_per_node: float
-
-
-@dataclass(frozen=True)
-class SimPool:
-    name: str
-    instance_type: str
-    gpu_type: str
-    gpus_per_node: int
-    cpu_per_node: float
-    memory_gib_per_node: float
-    min_nodes: int
-    max_nodes: int
-    provisioning_delay_s: float
-    spot: bool = False
 
 
 @dataclass
@@ -102,10 +86,10 @@ class SimulatedCluster:
     def __init__(
         self,
         name: str,
-        clock: _Clock,
+        clock: Clock,
         *,
         node_groups: tuple[SimNodeGroup, ...] = (),
-        pools: tuple[SimPool, ...] = (),
+        pools: tuple[PoolSpec, ...] = (),
         runtime: RuntimeFn | None = None,
         state_path: Path | None = None,
         retention_s: float = 6 * 3600.0,
@@ -241,13 +225,13 @@ class SimulatedCluster:
         if err is not None:
             raise err
 
-    def _add_node(self, p: SimPool, ready_at: float) -> None:
+    def _add_node(self, p: PoolSpec, ready_at: float) -> None:
         self._seq += 1
         n = _Node(f"{self.name}-{p.name}-{self._seq:04d}", p.gpu_type, p.gpus_per_node, p.cpu_per_node,
                   p.memory_gib_per_node, ready_at=ready_at, pool=p.name)
         self._nodes[n.name] = n
 
-    def _reconcile_pool(self, p: SimPool) -> None:
+    def _reconcile_pool(self, p: PoolSpec) -> None:
         mine = [n for n in self._nodes.values() if n.pool == p.name]
         want = self._desired[p.name]
         for _ in range(want - len(mine)):
@@ -341,7 +325,7 @@ class SimulatedCluster:
                         free_gpus=int(round(g)), free_cpu=c, free_memory_gib=m, ready=ready, pool=n.pool,
                         ready_at=n.ready_at if booting else None, jobs=len(n.used))
 
-    def _pool_state(self, p: SimPool) -> PoolState:
+    def _pool_state(self, p: PoolSpec) -> PoolState:
         mine = [n for n in self._nodes.values() if n.pool == p.name]
         return PoolState(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
                          gpus_per_node=p.gpus_per_node, desired_nodes=self._desired[p.name], nodes=len(mine),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from providers.contract import ClusterProvider
+from providers.contract import ClusterProvider, PoolSpec
 from providers.nodepools import NodePoolAPI
-from providers.simulated import RuntimeFn, SimNodeGroup, SimPool, SimulatedCluster
+from providers.simulated import RuntimeFn, SimNodeGroup, SimulatedCluster
 from scheduler.clock import Clock
 from scheduler.config import AksConfig, CloudCluster, EksConfig, GkeConfig, OnPremCluster, SpilloverConfig
 
@@ -41,13 +41,9 @@ def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: 
         settings = KubeSettings(**c.kubernetes.model_dump())
         if not isinstance(c, CloudCluster):
             return KubernetesProvider(c.name, settings, clock=clock)
-        from providers.cloud import CloudClusterProvider, CloudPool
+        from providers.cloud import CloudClusterProvider
 
-        pools = [CloudPool(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type or "",
-                           gpus_per_node=p.gpus_per_node or 0, cpu_per_node=p.cpu_per_node or 0.0,
-                           memory_gib_per_node=p.memory_gib_per_node or 0.0, min_nodes=p.min_nodes,
-                           max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s, spot=p.spot)
-                 for p in c.pools]
+        pools = pool_specs(c)
         api = apis.get(c.name) or node_pool_api(c)
         kube = KubernetesProvider(c.name, settings, clock=clock, pools=[
             PoolInfo(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type, gpus_per_node=p.gpus_per_node,
@@ -55,16 +51,20 @@ def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: 
         return CloudClusterProvider(c.name, kube, api, pools, clock)
     state_path = state_dir / f"{c.name}.json" if state_dir else None
     if isinstance(c, CloudCluster):
-        pools = tuple(SimPool(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type,
-                              gpus_per_node=p.gpus_per_node, cpu_per_node=p.cpu_per_node,
-                              memory_gib_per_node=p.memory_gib_per_node, min_nodes=p.min_nodes,
-                              max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s, spot=p.spot)
-                      for p in c.pools)
-        return SimulatedCluster(c.name, clock, pools=pools, runtime=runtime, state_path=state_path)
+        return SimulatedCluster(c.name, clock, pools=pool_specs(c), runtime=runtime, state_path=state_path)
     groups = tuple(SimNodeGroup(count=g.count, gpus_per_node=g.gpus_per_node, gpu_type=g.gpu_type,
                                 cpu_per_node=g.cpu_per_node, memory_gib_per_node=g.memory_gib_per_node)
                    for g in c.node_groups)
     return SimulatedCluster(c.name, clock, node_groups=groups, runtime=runtime, state_path=state_path)
+
+
+def pool_specs(c: CloudCluster) -> tuple[PoolSpec, ...]:
+    """The cluster's pools with the hardware the catalog filled in at load time."""
+    return tuple(PoolSpec(name=p.name, instance_type=p.instance_type, gpu_type=p.gpu_type or "",
+                          gpus_per_node=p.gpus_per_node or 0, cpu_per_node=p.cpu_per_node or 0.0,
+                          memory_gib_per_node=p.memory_gib_per_node or 0.0, min_nodes=p.min_nodes,
+                          max_nodes=p.max_nodes, provisioning_delay_s=p.provisioning_delay_s, spot=p.spot)
+                 for p in c.pools)
 
 
 def node_pool_api(c: CloudCluster) -> NodePoolAPI:

@@ -95,27 +95,35 @@ def _cloud(rng: random.Random, rows: list[dict[str, str]], k: int) -> Target:
     )
 
 
+def _clouds(rng: random.Random, n: int) -> list[Target]:
+    """`n` cloud pools drawn from the catalog's 4- and 8-GPU and 1-GPU machines."""
+    rows = [r for r in _catalog() if int(r["gpus"]) in (4, 8)] + [r for r in _catalog() if int(r["gpus"]) == 1]
+    rng.shuffle(rows)
+    return [_cloud(rng, rows, k) for k in range(n)]
+
+
+def _job(rng: random.Random, job_id: str) -> JobDemand:
+    """A pending job: mostly small, a few 2-node gangs, runtimes from half an hour to 30 hours."""
+    gang = rng.random() < 0.03
+    g = 8 if gang else rng.choices([1, 2, 4, 8], [0.7, 0.1, 0.15, 0.05])[0]
+    types = rng.choices([frozenset(), frozenset({"A100", "A100-80GB", "H100"}), frozenset({"H100"})],
+                        [0.6, 0.25, 0.15])[0]
+    return JobDemand(
+        id=job_id, gpus=g, nodes=2 if gang else 1,
+        runtime_h=round(math.exp(rng.uniform(math.log(0.5), math.log(30))), 2),
+        value_of_time=rng.choice([0.5, 1.5, 4.0]), cpu=10.0 * g, memory_gib=80.0 * g, gpu_types=types,
+        priority=1 if rng.random() < 0.1 else 0, checkpointable=rng.random() < 0.5,
+        waited_h=round(rng.uniform(0, 4), 2),
+    )
+
+
 def instance(n_jobs: int, n_targets: int, seed: int = 0) -> PlacementProblem:
     rng = random.Random(seed)
     n_onprem = 2 if n_targets < 6 else 3
     nodes_per_onprem = max(8, n_jobs // 25)
     targets = [_onprem(rng, k, nodes_per_onprem) for k in range(n_onprem)]
-    rows = [r for r in _catalog() if int(r["gpus"]) in (4, 8)] + [r for r in _catalog() if int(r["gpus"]) == 1]
-    rng.shuffle(rows)
-    targets += [_cloud(rng, rows, k) for k in range(n_targets - n_onprem)]
-    jobs = []
-    for i in range(n_jobs):
-        gang = rng.random() < 0.03
-        g = 8 if gang else rng.choices([1, 2, 4, 8], [0.7, 0.1, 0.15, 0.05])[0]
-        types = rng.choices([frozenset(), frozenset({"A100", "A100-80GB", "H100"}), frozenset({"H100"})],
-                            [0.6, 0.25, 0.15])[0]
-        jobs.append(JobDemand(
-            id=f"job-{i:05d}", gpus=g, nodes=2 if gang else 1,
-            runtime_h=round(math.exp(rng.uniform(math.log(0.5), math.log(30))), 2),
-            value_of_time=rng.choice([0.5, 1.5, 4.0]), cpu=10.0 * g, memory_gib=80.0 * g, gpu_types=types,
-            priority=1 if rng.random() < 0.1 else 0, checkpointable=rng.random() < 0.5,
-            waited_h=round(rng.uniform(0, 4), 2),
-        ))
+    targets += _clouds(rng, n_targets - n_onprem)
+    jobs = [_job(rng, f"job-{i:05d}") for i in range(n_jobs)]
     policy = Policy(max_cloud_gpus=max(64, n_jobs // 2), cloud_gpus_in_use=16, idle_h=0.25)
     return PlacementProblem(tuple(jobs), tuple(targets), policy)
 
@@ -144,22 +152,8 @@ def small_instance(rng: random.Random) -> PlacementProblem:
             nodes.append(Node(name, free, free * cpu / 8, free * mem / 8, idle=used == 0))
         targets.append(Target(f"onprem-{k}", "onprem", gpu, 8, cpu, mem, 0.0, nodes=tuple(nodes), speed=SPEED[gpu],
                               releases=tuple(releases)))
-    rows = [r for r in _catalog() if int(r["gpus"]) in (4, 8)] + [r for r in _catalog() if int(r["gpus"]) == 1]
-    rng.shuffle(rows)
-    targets += [_cloud(rng, rows, k) for k in range(n_targets - n_onprem)]
-    jobs = []
-    for i in range(max(1, round(math.exp(rng.uniform(0, math.log(50)))))):
-        gang = rng.random() < 0.03
-        g = 8 if gang else rng.choices([1, 2, 4, 8], [0.7, 0.1, 0.15, 0.05])[0]
-        types = rng.choices([frozenset(), frozenset({"A100", "A100-80GB", "H100"}), frozenset({"H100"})],
-                            [0.6, 0.25, 0.15])[0]
-        jobs.append(JobDemand(
-            id=f"job-{i:02d}", gpus=g, nodes=2 if gang else 1,
-            runtime_h=round(math.exp(rng.uniform(math.log(0.5), math.log(30))), 2),
-            value_of_time=rng.choice([0.5, 1.5, 4.0]), cpu=10.0 * g, memory_gib=80.0 * g, gpu_types=types,
-            priority=1 if rng.random() < 0.1 else 0, checkpointable=rng.random() < 0.5,
-            waited_h=round(rng.uniform(0, 4), 2),
-        ))
+    targets += _clouds(rng, n_targets - n_onprem)
+    jobs = [_job(rng, f"job-{i:02d}") for i in range(max(1, round(math.exp(rng.uniform(0, math.log(50))))))]
     policy = Policy(max_cloud_gpus=rng.choice([None, 32, 64, 128]), cloud_gpus_in_use=rng.choice([0, 8, 16]),
                     idle_h=0.25)
     return PlacementProblem(tuple(jobs), tuple(targets), policy)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from providers.contract import ClusterProvider, DispatchRequest, ErrorKind, JobPhase, ProviderError
-from providers.simulated import SimNodeGroup, SimPool, SimulatedCluster
+from providers.contract import ClusterProvider, DispatchRequest, ErrorKind, JobPhase, PoolSpec, ProviderError
+from providers.simulated import SimNodeGroup, SimulatedCluster
 from scheduler.clock import SimClock
 from scheduler.model import JobSpec
 
-POOL = SimPool(name="p4d", instance_type="p4d.24xlarge", gpu_type="A100", gpus_per_node=8, cpu_per_node=96,
-               memory_gib_per_node=1152, min_nodes=0, max_nodes=3, provisioning_delay_s=600)
+POOL = PoolSpec(name="p4d", instance_type="p4d.24xlarge", gpu_type="A100", gpus_per_node=8, cpu_per_node=96,
+                memory_gib_per_node=1152, min_nodes=0, max_nodes=3, provisioning_delay_s=600)
 
 
 def req(job_id: str, gpus: int = 8, runtime_s: float = 3600, pool: str | None = None, nodes: int = 1) -> DispatchRequest:
