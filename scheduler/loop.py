@@ -293,17 +293,30 @@ class ControlLoop:
             grace += next((p.provisioning_delay_s for p in cluster.pools if p.name == job.pool), 0.0)
         return grace
 
-    def _requeue_unschedulable(self, job: Job, message: str, for_s: float, now: float) -> None:
-        """A job no node of its cluster can take goes back to the solver, which will not send it there again soon."""
+    def _take_off_cluster(self, job: Job, now: float, message: str, *, kind: str = "state",
+                          to: JobState = JobState.PENDING, dispatch_error: str | None = None) -> bool:
+        """Take a job off its cluster: back to the queue (or cancelled), and in the same transaction a cancel action
+        that removes its copy there, so a restart between the two can neither lose the removal nor run it twice."""
         with self.store.tx() as s:
-            moved = self.store.transition(
-                job.id, [JobState.DISPATCHED], JobState.PENDING, now=now, s=s,
-                message=f"unschedulable on {job.cluster} for {for_s / 60:.0f} min ({message or 'no node fits'}); "
-                        "removed there and requeued",
-                cluster=None, pool=None, gpu_type=None, dispatched_at=None)
+            if to == JobState.PENDING:
+                moved = self.store.transition(job.id, [job.state], to, now=now, s=s, kind=kind, message=message,
+                                              cluster=None, pool=None, gpu_type=None, dispatched_at=None,
+                                              started_at=None)
+            else:
+                moved = self.store.transition(job.id, [job.state], to, now=now, s=s, kind=kind, message=message,
+                                              finished_at=now)
             if moved:
+                if dispatch_error is not None and job.dispatch_key:
+                    self.store.finish_action(job.dispatch_key, now=now, ok=False, error=dispatch_error, s=s)
                 self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=job.cluster or "",
                                   job_id=job.id, now=now, s=s)
+        return moved
+
+    def _requeue_unschedulable(self, job: Job, message: str, for_s: float, now: float) -> None:
+        """A job no node of its cluster can take goes back to the solver, which will not send it there again soon."""
+        moved = self._take_off_cluster(
+            job, now, f"unschedulable on {job.cluster} for {for_s / 60:.0f} min ({message or 'no node fits'}); "
+                      "removed there and requeued")
         if moved:
             self._avoid.setdefault(job.id, {})[job.cluster or ""] = now + AVOID_AFTER_UNSCHEDULABLE_S
             self._dirty = True
@@ -318,16 +331,10 @@ class ControlLoop:
         if times + 1 >= MAX_INTERRUPTIONS:
             return False
         why = status.message or "its node was taken away"
-        with self.store.tx() as s:
-            moved = self.store.transition(
-                job.id, [job.state], JobState.PENDING, now=now, s=s, kind="interrupted",
-                message=f"{why} on {job.cluster}{'/' + pool if pool else ''}; requeued"
-                        + (" to resume from its checkpoint" if job.spec.checkpointable else ""),
-                cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None)
-            if moved:
-                # the failed Job keeps the job's name there until it is removed
-                self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=job.cluster or "",
-                                  job_id=job.id, now=now, s=s)
+        # the failed Job keeps the job's name there until it is removed
+        moved = self._take_off_cluster(
+            job, now, f"{why} on {job.cluster}{'/' + pool if pool else ''}; requeued"
+                      + (" to resume from its checkpoint" if job.spec.checkpointable else ""), kind="interrupted")
         if moved:
             self.store.finish_action(job.dispatch_key, now=now)
             self._dirty = True
@@ -358,20 +365,13 @@ class ControlLoop:
             for job in self.store.jobs(ACTIVE):
                 if job.cluster != name:
                     continue
-                with self.store.tx() as s:
-                    if job.state == JobState.CANCELLING:
-                        moved = self.store.transition(job.id, [JobState.CANCELLING], JobState.CANCELLED, now=now, s=s,
-                                                      finished_at=now, message=f"cancelled; {name} is unavailable, "
-                                                      "its copy there is removed when it answers again")
-                    else:
-                        moved = self.store.transition(
-                            job.id, [job.state], JobState.PENDING, now=now, s=s, kind="requeued",
-                            message=f"{name} unavailable for {(now - status.unavailable_since) / 60:.0f} min; "
-                                    f"requeued (its copy there is removed when {name} answers again)",
-                            cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None)
-                    if moved:
-                        self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=name,
-                                          job_id=job.id, now=now, s=s)
+                if job.state == JobState.CANCELLING:
+                    moved = self._take_off_cluster(job, now, f"cancelled; {name} is unavailable, its copy there is "
+                                                             "removed when it answers again", to=JobState.CANCELLED)
+                else:
+                    moved = self._take_off_cluster(
+                        job, now, f"{name} unavailable for {(now - status.unavailable_since) / 60:.0f} min; "
+                                  f"requeued (its copy there is removed when {name} answers again)", kind="requeued")
                 if moved:
                     self._dirty = True
 
@@ -611,17 +611,9 @@ class ControlLoop:
         for job in self.store.jobs([JobState.DISPATCHING, JobState.DISPATCHED]):
             if job.cluster != cluster_name or job.pool != pool:
                 continue
-            with self.store.tx() as s:
-                moved = self.store.transition(
-                    job.id, [job.state], JobState.PENDING, now=now, s=s, kind="requeued",
-                    message=f"{pool_id} cannot provide nodes now ({message}); back to the solver",
-                    cluster=None, pool=None, gpu_type=None, dispatched_at=None)
-                if moved:
-                    if job.dispatch_key:
-                        self.store.finish_action(job.dispatch_key, now=now, ok=False, error=message, s=s)
-                    # it may have reached the cluster already: remove it there before it can start late
-                    self.store.intend("cancel", f"cancel-stale:{job.id}:{job.attempts}", cluster=cluster_name,
-                                      job_id=job.id, now=now, s=s)
+            # it may have reached the cluster already: removed there before it can start late
+            moved = self._take_off_cluster(job, now, f"{pool_id} cannot provide nodes now ({message}); back to the "
+                                                     "solver", kind="requeued", dispatch_error=message)
             if moved:
                 self._dirty = True
         state = (states or self.last_states).get(cluster_name)
