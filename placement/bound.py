@@ -50,18 +50,21 @@ def relaxation(
     waits: Sequence[float],
     start_rate: dict[int, float] | None = None,
     time_limit_s: float | None = None,
+    glop_dtime: float | None = None,
 ) -> Relaxation | None:
     """Solve the LP relaxation with waiting priced at `waits` (and on-prem starts charged `start_rate`
     dollars per GPU-hour held, per target); None when GLOP does not finish."""
-    return LinearModel(problem).solve(waits, start_rate, time_limit_s)
+    return LinearModel(problem).solve(waits, start_rate, time_limit_s, glop_dtime=glop_dtime)
 
 
 def lp_bound(
-    problem: PlacementProblem, wait_costs: Sequence[float] | None = None, time_limit_s: float | None = None
+    problem: PlacementProblem, wait_costs: Sequence[float] | None = None, time_limit_s: float | None = None,
+    glop_dtime: float | None = None,
 ) -> float | None:
-    """The LP relaxation's optimum in dollars; None when GLOP does not finish in `time_limit_s`."""
+    """The LP relaxation's optimum in dollars; None when GLOP does not finish in `time_limit_s` (or within
+    `glop_dtime` of GLOP's deterministic time)."""
     if not problem.jobs:
         return 0.0
     waits = list(wait_costs) if wait_costs is not None else alone_wait_costs(problem)
-    r = relaxation(problem, waits, time_limit_s=time_limit_s)
+    r = relaxation(problem, waits, time_limit_s=time_limit_s, glop_dtime=glop_dtime)
     return None if r is None else r.value

@@ -18,6 +18,7 @@ from placement.structure import Key, Structure
 MAX_OPTION_VARS = 60_000
 MIN_OPTIONS = 4
 SMALL_MODEL_VARS = 2_000  # (class, group) variables; up to this many, CP-SAT runs one worker
+DET_SEED = 1  # CP-SAT's random seed in the deterministic mode (Policy.work_limit)
 
 
 class _Model(cp_model.CpModel):
@@ -38,13 +39,18 @@ class RoundResult:
     objective: float  # dollars
     bound: float  # dollars
     seconds: float  # inside CP-SAT
+    work: float = 0.0  # CP-SAT's deterministic time spent
 
 
 def solve_round(
-    m: Structure, wait: Sequence[int], start_rate: dict[int, float], hint: Ledger | None, time_limit: float
+    m: Structure, wait: Sequence[int], start_rate: dict[int, float], hint: Ledger | None, time_limit: float,
+    work: float | None = None,
 ) -> RoundResult | None:
     """Solve the model with waiting priced at `wait` (cents per job) and on-prem starts charged
-    `start_rate` dollars per GPU-hour held; None when CP-SAT finds no solution in `time_limit` seconds."""
+    `start_rate` dollars per GPU-hour held; None when CP-SAT finds no solution in `time_limit` seconds.
+
+    With `work` (CP-SAT deterministic-time units), the solve is bounded by that instead of `time_limit`,
+    and deterministic: one worker, a fixed seed, no wall-clock limit."""
     problem = m.problem
     policy = problem.policy
     targets = problem.targets
@@ -163,16 +169,25 @@ def solve_round(
         _add_hint(m, model, hint, x, saved_by_class, z, wait)
 
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit)
     # Measured on the benchmark instances: presolve spends most of a 2 s budget on a model this shape
     # (and sometimes all of it), while the LP-based workers reach a 1% gap in well under a second.
     solver.parameters.cp_model_presolve = False
-    if len(x) <= SMALL_MODEL_VARS:
-        # One worker solves a small model in about a millisecond; starting a second costs more than that.
+    if work is not None:
+        # A single worker searches sequentially, so the search and its deterministic-time count depend on the
+        # model, the parameters and the seed only; a wall-clock limit, even a generous one, could cut it short.
+        # (Two workers are deterministic only with interleave_search, which on these models reached a worse
+        # solution in three times the wall-clock time of one worker.)
+        solver.parameters.max_deterministic_time = max(0.01, work)
+        solver.parameters.random_seed = DET_SEED
         solver.parameters.num_workers = 1
     else:
-        solver.parameters.num_workers = 2
-        solver.parameters.subsolvers.extend(["default_lp", "max_lp"])
+        solver.parameters.max_time_in_seconds = max(0.01, time_limit)
+        if len(x) <= SMALL_MODEL_VARS:
+            # One worker solves a small model in about a millisecond; starting a second costs more than that.
+            solver.parameters.num_workers = 1
+        else:
+            solver.parameters.num_workers = 2
+            solver.parameters.subsolvers.extend(["default_lp", "max_lp"])
     solver.parameters.relative_gap_limit = policy.relative_gap
     st = solver.solve(model)
     if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -186,6 +201,7 @@ def solve_round(
         solver.objective_value / 100.0,
         solver.best_objective_bound / 100.0,
         solver.wall_time,
+        solver.deterministic_time,
     )
 
 

@@ -246,12 +246,14 @@ class LinearModel:
         gap_tol: float = 0.0,
         max_rounds: int = MAX_ROUNDS,
         first_columns: int = FIRST_COLUMNS,
+        glop_dtime: float | None = None,
     ) -> Relaxation | None:
         """The relaxation with waiting priced at `waits` and on-prem starts charged `start_rate` dollars per
         GPU-hour held (per target); `duals` from an earlier solve pick each class's `first_columns` best
         options to start from, `everything` puts every option in at once. Column generation stops once the bound is within `gap_tol` (relative) of
         the solution, after `max_rounds` solves, or when time runs short; None when GLOP has no optimum of even
-        the first columns."""
+        the first columns. `glop_dtime` caps each GLOP solve by GLOP's deterministic time instead of the clock
+        (pass no `time_limit_s` with it): the result then depends on the input only."""
         t_end = None if time_limit_s is None else time.perf_counter() + time_limit_s
         cols = _Columns(self, waits, start_rate)
         if cols.n_classes == 0:
@@ -262,13 +264,14 @@ class LinearModel:
                 # generation from a sample, whose rounds each cost a fresh solve.
                 everything = True
             else:
-                first = self._sample(cols, waits, start_rate, t_end, gap_tol)
+                first = self._sample(cols, waits, start_rate, t_end, gap_tol, glop_dtime)
                 if first is not None:
                     duals = first.duals
-        return self._cg(cols, 1.0, duals, everything, t_end, gap_tol, max_rounds, first_columns)
+        return self._cg(cols, 1.0, duals, everything, t_end, gap_tol, max_rounds, first_columns, glop_dtime)
 
     def rough(
-        self, waits: Sequence[float], start_rate: dict[int, float] | None = None, time_limit_s: float | None = None
+        self, waits: Sequence[float], start_rate: dict[int, float] | None = None, time_limit_s: float | None = None,
+        glop_dtime: float | None = None,
     ) -> Relaxation | None:
         """A quick stand-in for the relaxation's solution: on a huge queue, every class on its option of least
         reduced cost (when negative) under the duals of a scaled sample, with no bound (value -inf); on
@@ -276,8 +279,8 @@ class LinearModel:
         t_end = None if time_limit_s is None else time.perf_counter() + time_limit_s
         cols = _Columns(self, waits, start_rate)
         if cols.n_classes == 0 or not self._huge(cols):
-            return self.solve(waits, start_rate, time_limit_s)
-        first = self._sample(cols, waits, start_rate, t_end, SAMPLE_GAP)
+            return self.solve(waits, start_rate, time_limit_s, glop_dtime=glop_dtime)
+        first = self._sample(cols, waits, start_rate, t_end, SAMPLE_GAP, glop_dtime)
         if first is None:
             return None
         y = first.duals
@@ -309,15 +312,17 @@ class LinearModel:
 
     def _sample(
         self, cols: _Columns, waits: Sequence[float], start_rate: dict[int, float] | None, t_end: float | None,
-        gap_tol: float
+        gap_tol: float, glop_dtime: float | None = None,
     ) -> Relaxation | None:
         """The relaxation of every k-th class against capacities divided by k."""
         k = cols.n_classes // SAMPLE_SIZE
         sample = _Columns(self, waits, start_rate, keep=np.arange(cols.n_classes) % k == 0, base=cols)
-        return self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS, FIRST_COLUMNS)
+        return self._cg(sample, 1.0 / k, None, False, t_end, max(gap_tol, SAMPLE_GAP), MAX_ROUNDS, FIRST_COLUMNS,
+                        glop_dtime)
 
     def _cg(self, cols: _Columns, scale: float, duals: np.ndarray | None, everything: bool,
-            t_end: float | None, gap_tol: float, max_rounds: int, first_columns: int) -> Relaxation | None:
+            t_end: float | None, gap_tol: float, max_rounds: int, first_columns: int,
+            glop_dtime: float | None = None) -> Relaxation | None:
         """Column generation over `cols`, every capacity multiplied by `scale`."""
         problem = self.problem
         targets = problem.targets
@@ -451,7 +456,9 @@ class LinearModel:
                     return None
                 solver.set_time_limit_in_seconds(left)
             # Dual simplex is about 3x faster than primal here (many columns, few coupling rows).
-            solver.set_solver_specific_parameters("use_dual_simplex: true")
+            solver.set_solver_specific_parameters(
+                "use_dual_simplex: true" if glop_dtime is None
+                else f"use_dual_simplex: true, max_deterministic_time: {glop_dtime!r}")
             t0 = time.perf_counter()
             solver.solve(mb)
             if solver.status() != mbh.SolveStatus.OPTIMAL:

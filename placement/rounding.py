@@ -28,11 +28,12 @@ def lp_rounded(
     start_rate: dict[int, float] | None = None,
     time_limit_s: float | None = None,
     model: LinearModel | None = None,
+    glop_dtime: float | None = None,
 ) -> tuple[Ledger, Relaxation] | None:
     """Bindings that follow the LP's choices, and the LP; None when the LP does not solve in time. `model`: the
-    problem's relaxation, if built already."""
+    problem's relaxation, if built already; `glop_dtime`: see `LinearModel.solve`."""
     m = model if model is not None else LinearModel(problem)
-    lp = m.solve(waits, start_rate, time_limit_s)
+    lp = m.solve(waits, start_rate, time_limit_s, glop_dtime=glop_dtime)
     if lp is None:
         return None
     return bind_relaxation(problem, lp, waits), lp
