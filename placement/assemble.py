@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from placement.relax import LinearModel
+    from placement.work import Work
 
 TOL = 1e-6
 
@@ -182,13 +183,17 @@ def _total(problem: PlacementProblem, ledger: Ledger, waits: list[float]) -> flo
     return total + sum(n * new_node_cost(by_id[tid], problem.policy) for tid, n in ledger.new_nodes().items())
 
 
-def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float], deadline: float | None = None) -> bool:
+def hold_back(
+    problem: PlacementProblem, ledger: Ledger, waits: list[float], deadline: float | None = None,
+    work: Work | None = None,
+) -> bool:
     """Send a cloud job back to wait when that makes the whole plan cheaper.
 
     A burst whose own wait is cheaper than its cloud run is kept only if waiting would cost the queue
     behind it more than the difference; this pass measures exactly that, job by job, on the consistent
     objective. With a `deadline` (perf_counter seconds) it stops trying early enough to re-forecast twice
-    before it. Returns whether anything moved.
+    before it; with `work` (the deterministic mode) likewise, each try charged one forecast of it. Returns
+    whether anything moved.
     """
     targets = problem.targets
     candidates = []
@@ -205,9 +210,15 @@ def hold_back(problem: PlacementProblem, ledger: Ledger, waits: list[float], dea
     best = consistent_total(problem, ledger)
     per_try = time.perf_counter() - t0  # each try forecasts the plan once
     moved = False
+    if work is not None:
+        work.spend(work.forecast)
     for _, i in candidates[:MAX_WAIT_TRIES]:
         if deadline is not None and time.perf_counter() + 3 * per_try > deadline:
             break
+        if work is not None:
+            if not work.affords(3 * work.forecast):
+                break
+            work.spend(work.forecast)
         ti, names = ledger.binding[i]
         fresh = [n for n in names if ledger.slots[(ti, n)].new and ledger.slots[(ti, n)].jobs == 1]
         ledger.remove(i)
@@ -230,17 +241,25 @@ def finish(
     deadline: float | None = None,
     forecasts: list[Forecast] | None = None,
     forecast_s: float = 0.0,
+    work: Work | None = None,
 ) -> Settled:
     """Apply the WAIT rule to `ledger`, hold back bursts that cost the queue more than they save, forecast
     the plan and price it. With a `deadline` (perf_counter seconds), holding back is tried only while there
-    is time for it, a forecast taking about `forecast_s`. `forecasts`: the ledger's, if known already."""
+    is time for it, a forecast taking about `forecast_s`; with `work` (the deterministic mode), only while
+    that budget covers it. `forecasts`: the ledger's, if known already."""
     fc, alts = settle(problem, ledger, forecasts)
+    if work is not None:
+        work.spend(work.forecast)
     for _ in range(3):  # holding jobs back frees cloud room that waiting jobs may then take, and so on
         if deadline is not None and time.perf_counter() + 4 * forecast_s > deadline:
             break
-        if not hold_back(problem, ledger, job_wait_costs(problem, fc), deadline):
+        if work is not None and not work.affords(4 * work.forecast):
+            break
+        if not hold_back(problem, ledger, job_wait_costs(problem, fc), deadline, work):
             break
         fc, alts = settle(problem, ledger)
+        if work is not None:
+            work.spend(work.forecast)
     waits = job_wait_costs(problem, fc)
     return Settled(problem, ledger, fc, waits, alts, _total(problem, ledger, waits), solver, status, solve_s)
 

@@ -30,6 +30,10 @@ is skipped. Models of a few thousand variables are solved by one CP-SAT worker (
 than it saves), bigger ones by two with LP-based subsolvers. On queues beyond CPSAT_MAX_PAIRS (job, target)
 pairs CP-SAT does not reach a useful gap in seconds on two cores; there the LP roundings are iterated to a
 fixed point of their own pricing instead (lpsearch.py).
+
+In the deterministic mode (`Policy.work_limit`) the rounds are the same and share a work budget instead of the
+time left (work.py): each CP-SAT round gets its share as CP-SAT deterministic time on one worker, and is
+charged what CP-SAT reports having used; the LP rounding runs without a time limit.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from placement.assemble import Settled, finish
 from placement.costs import cents
 from placement.cpsat_round import bind, solve_round
 from placement.greedy import greedy_settled
+from placement.ledger import Ledger
 from placement.lpsearch import lp_search
 from placement.order import queue_order
 from placement.relax import LinearModel, Relaxation
 from placement.rounding import lp_rounded
 from placement.structure import Structure
 from placement.types import PlacementProblem, Plan
+from placement.work import CPSAT_DTIME_PER_UNIT, Work, cpsat_work, greedy_work, lp_work
 
 # Rounds as (plan whose forecast prices waiting, weight of the queue pressure). "start" is the better of
 # greedy and the LP rounding. Chosen on benchmark instances of 50-1,000 jobs: pricing waits by the plan's
@@ -99,6 +105,9 @@ class RoundInfo:
     plan_objective: float  # the round's plan re-priced consistently
     seconds: float
     overhead: float  # seconds outside the solver: building, binding, re-pricing
+    # the deterministic mode's counterparts, in work units: all the round was charged, and that outside the solver
+    work: float = 0.0
+    work_overhead: float = 0.0
 
 
 def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[list[float], dict[int, float]]:
@@ -108,11 +117,25 @@ def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[l
     return waits, {ti: pressure * r for ti, r in rate.items()}
 
 
+def _finished(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None) -> Settled:
+    """`finish` a round's plan in full, as without a work budget (a round's plan then depends on its solve
+    alone, not on the budget left), charging what that cost to `work`."""
+    if work is None:
+        return finish(problem, ledger, "cp-sat", status)
+    meter = work.meter()
+    settled = finish(problem, ledger, "cp-sat", status, work=meter)
+    work.spend(meter.spent)
+    return settled
+
+
 def _cpsat_round(
     problem: PlacementProblem, m: Structure, cur: Settled, pressure: float, seconds: float,
-    tried: set[tuple] | None = None,
+    tried: set[tuple] | None = None, work: Work | None = None,
 ) -> tuple[Settled, RoundInfo] | None | bool:
-    """One CP-SAT round priced by `cur` and `pressure`; False when a round in `tried` was priced the same."""
+    """One CP-SAT round priced by `cur` and `pressure`; False when a round in `tried` was priced the same.
+
+    With `work` (the deterministic mode), `seconds` are work units: CP-SAT gets them as deterministic time,
+    and what it used, the binding and the re-pricing are charged to `work`."""
     t0 = time.perf_counter()
     waits, rate = _priced(problem, cur, pressure)
     wait = [cents(w) for w in waits]
@@ -121,34 +144,58 @@ def _cpsat_round(
         if key in tried:
             return False  # the same model as a round already solved
         tried.add(key)
-    res = solve_round(m, wait, rate, cur.ledger, seconds)
+    before = 0.0 if work is None else work.left
+    res = solve_round(m, wait, rate, cur.ledger, seconds,
+                      work=None if work is None else seconds * CPSAT_DTIME_PER_UNIT)
+    solver_w = 0.0
+    if work is not None:
+        solver_w = cpsat_work(res.work) if res is not None else seconds  # a solve that found nothing used it all
+        work.spend(solver_w)
     if res is None:
         return None
-    settled = finish(problem, bind(m, res, wait), "cp-sat", res.status)
+    settled = _finished(problem, bind(m, res, wait), res.status, work)
     took = time.perf_counter() - t0
-    info = RoundInfo(res.status, res.objective, res.bound, settled.objective, took, took - res.seconds)
+    used = 0.0 if work is None else before - work.left
+    info = RoundInfo(res.status, res.objective, res.bound, settled.objective, took, took - res.seconds,
+                     used, used - solver_w)
     return settled, info
 
 
 def _lp_round(
-    problem: PlacementProblem, cur: Settled, pressure: float, seconds: float, model: LinearModel
+    problem: PlacementProblem, cur: Settled, pressure: float, seconds: float | None, model: LinearModel,
+    work: Work | None = None,
 ) -> tuple[Settled, RoundInfo, Relaxation] | None:
+    """The LP rounding priced by `cur` and `pressure`, within `seconds`; with `work` (the deterministic mode),
+    without a time limit, its modelled work charged to `work`."""
     t0 = time.perf_counter()
     waits, rate = _priced(problem, cur, pressure)
-    lp = lp_rounded(problem, waits, rate, time_limit_s=seconds, model=model)
+    before = 0.0 if work is None else work.left
+    lp = lp_rounded(problem, waits, rate, time_limit_s=seconds, model=model,
+                    glop_dtime=None if work is None else work.glop_dtime)
+    if work is not None and lp is not None:
+        work.spend(lp_work(lp[1].options, lp[1].columns, lp[1].rounds))
     if lp is None:
         return None
-    settled = finish(problem, lp[0], "cp-sat", "lp-rounded")
+    settled = _finished(problem, lp[0], "lp-rounded", work)
     took = time.perf_counter() - t0
-    return settled, RoundInfo("lp-rounded", lp[1].value, lp[1].value, settled.objective, took, took), lp[1]
+    used = 0.0 if work is None else before - work.left
+    return settled, RoundInfo("lp-rounded", lp[1].value, lp[1].value, settled.objective, took, took, used,
+                              used), lp[1]
 
 
 def cpsat_settled(
     problem: PlacementProblem, greedy: Settled | None = None, time_limit_s: float | None = None
 ) -> tuple[Settled, list[RoundInfo]]:
-    """Cheapest consistent plan among greedy, the LP rounding and the CP-SAT rounds, and what each round did."""
+    """Cheapest consistent plan among greedy, the LP rounding and the CP-SAT rounds, and what each round did.
+
+    `time_limit_s` (default: the policy's) counts from this call; with `policy.work_limit` set, neither is
+    read: the whole decision, greedy's pass included, keeps to that budget of work."""
     t0 = time.perf_counter()
     deadline = t0 + (problem.policy.time_limit_s if time_limit_s is None else time_limit_s)
+    work = None
+    if problem.policy.work_limit is not None:
+        work = Work(problem.policy.work_limit, len(problem.jobs))
+        work.spend(greedy_work(len(problem.jobs)))
     if greedy is None:
         greedy = greedy_settled(problem)
     rounds: list[RoundInfo] = []
@@ -157,7 +204,7 @@ def cpsat_settled(
     # Past this size CP-SAT does not get near its gap within seconds on two cores, while the LP solves in a
     # fraction of one; the search then iterates LP roundings instead (lpsearch.py).
     if len(problem.jobs) * len(problem.targets) > CPSAT_MAX_PAIRS:
-        found, steps, m, duals = lp_search(problem, greedy, deadline)
+        found, steps, m, duals = lp_search(problem, greedy, deadline, work)
         rounds = [RoundInfo("lp-rounded", st.bound, st.bound, st.objective, st.seconds, st.seconds) for st in steps]
         status = "lp-rounded" if found is not greedy else ("greedy-kept" if steps else "greedy-fallback")
         found = found.tagged(status, time.perf_counter() - t0)
@@ -165,28 +212,33 @@ def cpsat_settled(
         return found, rounds
     best, best_status = greedy, ""
     lpm = LinearModel(problem)
-    first = _lp_round(problem, greedy, LP_PRESSURE, max(0.05, 0.6 * (deadline - time.perf_counter())), lpm)
+    if work is None:
+        first = _lp_round(problem, greedy, LP_PRESSURE, max(0.05, 0.6 * (deadline - time.perf_counter())), lpm)
+    else:
+        first = _lp_round(problem, greedy, LP_PRESSURE, None, lpm, work)
     start = greedy
-    overhead = 0.0  # Python time around each solve (building, binding, re-pricing), learnt as rounds go
+    # Python time around each solve (building, binding, re-pricing), learnt as rounds go; in the deterministic
+    # mode, the work charged for it
+    overhead = 0.0
     if first is not None:
         rounds.append(first[1])
-        overhead = first[1].overhead
+        overhead = first[1].overhead if work is None else first[1].work_overhead
         if first[0].objective < best.objective:
             best, best_status, start = first[0], "lp-rounded", first[0]
-    m = Structure(problem) if time.perf_counter() < deadline else None
+    m = Structure(problem) if (time.perf_counter() < deadline if work is None else work.left > 0) else None
     prev = greedy
     schedule = CPSAT_ROUNDS
     solved = 0  # rounds after the first LP rounding that found a plan
     tried: set[tuple] = set()
     for k, (origin, pressure) in enumerate(schedule):
-        left = deadline - time.perf_counter() - overhead
+        left = deadline - time.perf_counter() - overhead if work is None else work.left - overhead
         if m is None or (left < 0.05 and solved):
             break
         cur = {"greedy": greedy, "start": start, "best": best, "prev": prev}[origin]
         # The first round may take all the time: on big queues one good solve beats several short ones.
         # When it proves its gap early, the time left goes to the next rounds.
         share = 0.6 if 0 < k < len(schedule) - 1 else 1.0
-        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share), tried)
+        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share), tried, work)
         if done is False:
             continue
         if done is None:
@@ -194,7 +246,7 @@ def cpsat_settled(
         settled, info = done
         solved += 1
         rounds.append(info)
-        overhead = max(overhead, info.overhead)
+        overhead = max(overhead, info.overhead if work is None else info.work_overhead)
         # On a tie the later plan wins: same cost, and it comes from the joint model.
         if settled.objective <= best.objective + 1e-9:
             best, best_status = settled, info.status

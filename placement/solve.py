@@ -1,8 +1,9 @@
 """`solve`: the production entry point. Greedy first; a proof that it is optimal ends the search, otherwise
 CP-SAT rounds (or, on huge queues, the LP search) with greedy as hint and floor, plus the LP bound.
 
-The whole decision keeps to `policy.time_limit_s`; the LP bound, when asked for (`policy.compute_bound`),
-comes after it, from the model the search built."""
+The whole decision keeps to `policy.time_limit_s`, or in the deterministic mode to `policy.work_limit` (see
+work.py), reading no clock; the LP bound, when asked for (`policy.compute_bound`), comes after it, from the
+model the search built."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from placement.certify import proven_optimal
 from placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
 from placement.greedy import greedy_settled
 from placement.types import PlacementProblem, Plan
+from placement.work import glop_dtime
 
 
 def solve(problem: PlacementProblem) -> Plan:
-    """The cheapest consistent plan found within `policy.time_limit_s`; never worse than greedy's.
+    """The cheapest consistent plan found within `policy.time_limit_s` (or `policy.work_limit`, when set: then
+    the same problem always gives the same plan); never worse than greedy's.
 
     `lower_bound` is the LP bound with waiting priced by this plan's forecast (see bound.py), so
     `plan.gap` says how far the plan is from the best plan under that pricing; it is None when
@@ -34,19 +37,24 @@ def solve(problem: PlacementProblem) -> Plan:
             plan = greedy.tagged("optimal").plan
             return replace(plan, lower_bound=plan.objective if policy.compute_bound else None,
                            solve_s=time.perf_counter() - t0)
-    left = policy.time_limit_s - (time.perf_counter() - t0)
-    settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
+    if policy.work_limit is None:
+        left = policy.time_limit_s - (time.perf_counter() - t0)
+        settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
+    else:
+        settled, _ = cpsat_settled(problem, greedy)
     obj = settled.objective
     bound = None
     if policy.compute_bound:
-        limit = max(1.0, policy.time_limit_s)
+        # the deterministic mode caps GLOP by its own deterministic time, so that the bound repeats as well
+        limit = max(1.0, policy.time_limit_s) if policy.work_limit is None else None
+        cap = None if policy.work_limit is None else glop_dtime(policy.work_limit)
         if settled.lp is not None:
             # the search's model, started from its last duals, which priced waiting much as this plan does
             m, duals = settled.lp
-            r = m.solve(settled.wait_costs, duals=duals, time_limit_s=limit)
+            r = m.solve(settled.wait_costs, duals=duals, time_limit_s=limit, glop_dtime=cap)
             bound = None if r is None else r.value
         else:
-            bound = lp_bound(problem, settled.wait_costs, time_limit_s=limit)
+            bound = lp_bound(problem, settled.wait_costs, time_limit_s=limit, glop_dtime=cap)
         if bound is not None and obj < bound <= obj + 1e-6 * max(1.0, obj):
             bound = obj  # float noise of a tight LP; anything larger is left visible
     return replace(settled.plan, lower_bound=bound, solve_s=time.perf_counter() - t0)

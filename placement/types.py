@@ -95,7 +95,21 @@ class Target:
 
 @dataclass(frozen=True)
 class Policy:
-    """Whole-queue limits and weights."""
+    """Whole-queue limits and weights, and how long the search may go on.
+
+    `time_limit_s` bounds a decision by wall-clock time. `work_limit`, when set, bounds it by work instead,
+    and the same problem then always gives the same plan, however loaded the machine (replays, tests):
+    `time_limit_s` is ignored for decisions and no clock is read to make one. A work unit is about a second of
+    the solver's work on the 2-core machine whose timings calibrate placement/work.py; the whole decision,
+    greedy's pass included, keeps to the budget. CP-SAT rounds run on one worker with a fixed seed and no
+    wall-clock limit, each getting its share of the budget as CP-SAT deterministic time
+    (`max_deterministic_time`) and charged what CP-SAT reports having used; the LP search charges each step
+    its modelled work (from the LP's own counts) and takes another while the budget covers one; GLOP runs
+    with no time limit, only a generous cap on its own deterministic time. Rounds and steps stop when the
+    budget runs out, not the clock, and nothing learnt from timings is used. The plan is never worse than
+    greedy's, as with `time_limit_s`. What repeats is the plan for one OR-Tools build on one kind of CPU: another release or
+    instruction set may take another search path.
+    """
 
     max_cloud_gpus: int | None = None  # cap on GPUs across all cloud nodes (existing + new); None = no cap
     cloud_gpus_in_use: int = 0  # GPUs of cloud nodes that exist or are provisioning now
@@ -105,6 +119,9 @@ class Policy:
     spot_for_non_checkpointable: bool = False  # may a job that cannot checkpoint run on spot?
     time_limit_s: float = 2.0
     relative_gap: float = 0.01
+    # When set, the search is bounded by this much work (units of about a second, see above) rather than by
+    # wall-clock time, and the same problem always gives the same plan; `time_limit_s` is then ignored.
+    work_limit: float | None = None
     # `solve` attaches the LP bound (plan.lower_bound, plan.gap) to every plan; a caller that does not log the
     # gap each cycle, such as a replay that solves thousands of times, can skip its cost.
     compute_bound: bool = True
