@@ -107,8 +107,8 @@ class Policy:
     its modelled work (from the LP's own counts) and takes another while the budget covers one; GLOP runs
     with no time limit, only a generous cap on its own deterministic time. Rounds and steps stop when the
     budget runs out, not the clock, and nothing learnt from timings is used. The plan is never worse than
-    greedy's, as with `time_limit_s`. What repeats is the plan for one OR-Tools build on one kind of CPU: another release or
-    instruction set may take another search path.
+    greedy's, as with `time_limit_s`. What repeats is the plan for one OR-Tools build on one kind of CPU:
+    another release or instruction set may take another search path.
     """
 
     max_cloud_gpus: int | None = None  # cap on GPUs across all cloud nodes (existing + new); None = no cap
