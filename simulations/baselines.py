@@ -6,6 +6,12 @@ loop can run in place of Spillover's: each turns a `PlacementProblem` into a `Pl
 - Constant-Wait(T): a job waits at most T hours, then bursts;
 - Compute-Wait(k): a job waits at most k x GPUs x runtime hours, then bursts.
 
+Constant-Wait and Compute-Wait also come as hindsight variants (`constant-wait-hindsight`,
+`compute-wait-hindsight`): the same replay, with every job that went to the cloud booked as started at its submission,
+as the Starburst simulator books them with `predict_wait` ("exact wait prediction"). No scheduler can do that, since
+it would have to know at submission that the job will time out; the variants are bounds to compare with, not rules
+the loop runs. On-prem scheduling and cloud GPU-hours are those of the plain rule.
+
 The on-prem queue runs first-in first-out with skipping (a head that does not fit does not stop smaller jobs
 behind it) or with EASY backfill (the first job that does not fit gets a reservation at its forecast start, and a
 job behind it starts now only if that does not push the reservation back). Node fit, node names and new cloud
@@ -28,6 +34,15 @@ from placement.types import Action, Decision, JobDemand, PlacementProblem, Plan,
 
 Queue = Literal["fifo", "easy"]
 POLICIES = ("spillover", "spillover-job", "no-wait", "constant-wait", "compute-wait", "onprem-only")
+# the hindsight variant each waiting rule's replay also yields (No-Wait never waits; on-prem only never bursts)
+HINDSIGHT = {"constant-wait": "constant-wait-hindsight", "compute-wait": "compute-wait-hindsight"}
+LABELS = {
+    "spillover": "Spillover (value of time per GPU-hour)", "spillover-job": "Spillover (value of time per job-hour)",
+    "no-wait": "No-Wait", "constant-wait": "Constant-Wait", "compute-wait": "Compute-Wait",
+    "onprem-only": "on-prem only",
+    "constant-wait-hindsight": "Constant-Wait, exact wait prediction (hindsight)",
+    "compute-wait-hindsight": "Compute-Wait, exact wait prediction (hindsight)",
+}
 EPS = 1e-9
 
 

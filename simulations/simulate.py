@@ -1,6 +1,6 @@
 """`spillover simulate`: replay a workload against a config under Spillover's solver and the baseline burst
-rules, over sweeps of each policy's knob, and write the results (JSON, CSV) and a Pareto plot of cloud cost
-against average job completion time."""
+rules, over sweeps of each policy's knob, and write the results (JSON, CSV) and a Pareto plot of the measured
+window's cloud GPU-hours against its average job completion time."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from scheduler.config import SpilloverConfig, parse_config
 from scheduler.errors import UserError
 from scheduler.store import Store
 from scheduler.wiring import build_providers
-from simulations.baselines import POLICIES, baseline_solver, rule
+from simulations.baselines import HINDSIGHT, LABELS, POLICIES, baseline_solver, rule
 from simulations.metrics import RunMetrics, measure
 from simulations.runner import run_simulation
 from simulations.workloads import Replay
@@ -121,7 +121,8 @@ def with_queues(config: SpilloverConfig, queues: set[str], **policy: float) -> S
 
 def run_one(config: SpilloverConfig, replay: Replay, spec: RunSpec, *, estimates_exact: bool,
             progress: Callable[[float, int, int], None] | None = None) -> RunMetrics:
-    """Replay the workload once under `spec` and measure it."""
+    """Replay the workload once under `spec` and measure it; a waiting rule's metrics carry its hindsight variant
+    (`RunMetrics.hindsight`), booked from the same replay."""
     queues = {a.spec.queue for a in replay.arrivals}
     changes: dict[str, float] = {}
     if spec.policy == "spillover" and spec.value is not None:
@@ -144,11 +145,31 @@ def run_one(config: SpilloverConfig, replay: Replay, spec: RunSpec, *, estimates
                             progress=progress, resolve_every_s=math.inf if estimates_exact else None,
                             max_sim_s=_horizon_s(replay))
     metrics = measure(store, cfg, policy=spec.policy, setting=spec.setting, queue=spec.queue,
-                      true_runtime_s=replay.true_runtime_s)
-    metrics.wall_s = time.perf_counter() - t0
-    metrics.cycles, metrics.solves, metrics.solve_s = result.cycles, result.solves, result.solve_s
+                      true_runtime_s=replay.true_runtime_s, hindsight_policy=HINDSIGHT.get(spec.policy))
+    for m in (metrics, metrics.hindsight):
+        if m is not None:
+            m.wall_s = time.perf_counter() - t0
+            m.cycles, m.solves, m.solve_s = result.cycles, result.solves, result.solve_s
     store.close()
     return metrics
+
+
+def with_hindsight(results: Sequence[RunMetrics]) -> list[RunMetrics]:
+    """Every run followed by its hindsight variant, if it has one: the rows results and plots show."""
+    out: list[RunMetrics] = []
+    seen: set[int] = set()
+    for r in results:
+        for m in (r, r.hindsight):
+            if m is not None and id(m) not in seen:  # a list that has them already stays as it is
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def label(r: RunMetrics) -> str:
+    """A run's curve: its policy's name and, for the baselines, the on-prem queue."""
+    name = LABELS.get(r.policy, r.policy)
+    return f"{name} ({r.queue.upper()})" if r.queue else name
 
 
 def _horizon_s(replay: Replay) -> float:
@@ -158,8 +179,9 @@ def _horizon_s(replay: Replay) -> float:
 
 
 def write_results(out: Path, results: Sequence[RunMetrics], *, title: str) -> list[Path]:
-    """results.json, results.csv and pareto.png in `out`."""
+    """results.json, results.csv and pareto.png in `out`; hindsight variants are rows of their own."""
     out.mkdir(parents=True, exist_ok=True)
+    results = with_hindsight(results)
     rows = [r.row() for r in results]
     (out / "results.json").write_text(json.dumps({"title": title, "runs": rows}, indent=2) + "\n")
     columns: list[str] = []
@@ -174,7 +196,8 @@ def write_results(out: Path, results: Sequence[RunMetrics], *, title: str) -> li
 
 
 def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> None:
-    """Cloud GPU-hours against average JCT, one curve per policy (and queue discipline)."""
+    """Cloud GPU-hours against average JCT over the measured window, one curve per policy (and queue discipline);
+    hindsight variants are drawn dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,10 +205,11 @@ def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> Non
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     curves: dict[str, list[RunMetrics]] = {}
-    for r in results:
-        curves.setdefault(f"{r.policy} ({r.queue})" if r.queue else r.policy, []).append(r)
+    for r in with_hindsight(results):
+        curves.setdefault(label(r), []).append(r)
     styles = {"spillover": ("tab:red", "o", 2.5), "spillover-job": ("tab:orange", "o", 2.5), "no-wait": ("tab:blue", "s", 1.2),
               "constant-wait": ("tab:green", "^", 1.2), "compute-wait": ("tab:purple", "D", 1.2),
+              "constant-wait-hindsight": ("tab:olive", "^", 1.2), "compute-wait-hindsight": ("tab:pink", "D", 1.2),
               "onprem-only": ("tab:gray", "x", 1.2)}
     # on-prem only waits so long that, drawn to scale, it squeezes every bursting curve against the y axis
     bursting = [r.jct_avg_h for r in results if r.policy != "onprem-only"]
@@ -193,26 +217,26 @@ def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> Non
     for name, rs in sorted(curves.items()):
         rs = sorted(rs, key=lambda r: r.jct_avg_h)
         color, marker, width = styles.get(rs[0].policy, ("black", ".", 1.0))
-        dashed = "--" if rs[0].queue == "fifo" else "-"
+        line = ":" if rs[0].policy.endswith("-hindsight") else "--" if rs[0].queue == "fifo" else "-"
         if right is not None and rs[0].policy == "onprem-only" and rs[0].jct_avg_h > 1.5 * right:
             ax.plot([], [], marker, color=color, label=f"{name}: {rs[0].jct_avg_h:,.1f} h, off the chart")
             continue
-        ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours for r in rs], dashed, color=color, marker=marker,
-                lw=width, label=name)
+        ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours_measured for r in rs], line, color=color,
+                marker=marker, lw=width, label=name)
         for r in rs:
             if r.setting:
-                ax.annotate(r.setting.split("=")[1], (r.jct_avg_h, r.cloud_gpu_hours), fontsize=7,
+                ax.annotate(r.setting.split("=")[1], (r.jct_avg_h, r.cloud_gpu_hours_measured), fontsize=7,
                             xytext=(3, 3), textcoords="offset points", color=color)
     no_wait = [r for r in results if r.policy == "no-wait"]
     if no_wait:
-        lb = max(r.lower_bound_at_makespan for r in no_wait)
+        lb = max(r.lower_bound_measured_at_makespan for r in no_wait)
         ax.axhline(lb, color="black", lw=0.8, ls=":",
                    label=f"lower bound: on-prem 100% busy until No-Wait's last job ends ({lb:,.0f} GPU-h)")
-    ax.set_xlabel("average job completion time (h)")
-    ax.set_ylabel("cloud GPU-hours")
+    ax.set_xlabel("average job completion time, measured jobs (h)")
+    ax.set_ylabel("cloud GPU-hours, measured jobs")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,5 +1,6 @@
 """The baseline burst rules as a user of `spillover simulate` would check them: who starts, who bursts, who waits,
-and how FIFO-with-skipping and EASY backfill treat a head of the queue that does not fit."""
+how FIFO-with-skipping and EASY backfill treat a head of the queue that does not fit, and how the hindsight variants
+book the same replay."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import pytest
 
 from placement import Action, JobDemand, Node, PlacementProblem, Release, Target
 from simulations.baselines import baseline_solver, rule
+from simulations.bench_policies import Scenario, scenario_config
+from simulations.simulate import RunSpec, run_one
+from simulations.workloads import to_arrivals
+from simulations.workloads.common import TraceJob
+
+H = 3600.0
 
 
 def onprem(free: list[int], releases: tuple[Release, ...] = ()) -> Target:
@@ -78,3 +85,35 @@ def test_easy_backfill_admits_only_jobs_that_do_not_delay_the_heads_reservation(
 def test_an_unknown_baseline_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="valid: no-wait, constant-wait, compute-wait, onprem-only"):
         rule("always-burst")
+
+
+def tiny_replay(jobs: list[TraceJob], spec: RunSpec):
+    """A replay through the real loop on one on-prem node of 8 GPUs, the reference cloud beside it."""
+    return run_one(scenario_config(Scenario("tiny", "-", onprem_nodes=1)), to_arrivals(jobs), spec,
+                   estimates_exact=True)
+
+
+def test_hindsight_books_a_cloud_jobs_wait_as_zero_and_changes_nothing_else():
+    # "a" runs on-prem at once; "b" waits out its 0.4 h budget (0.05 x 8 GPUs x 1 h) and bursts; "c" (budget 4 h)
+    # waits 1.8 h for "a" to end and runs on-prem
+    jobs = [TraceJob("a", 0, 8, 2 * H, "research"), TraceJob("b", 0.1 * H, 8, 1 * H, "research"),
+            TraceJob("c", 0.2 * H, 8, 10 * H, "research")]
+    plain = tiny_replay(jobs, RunSpec("compute-wait", 0.05, "easy"))
+    hind = plain.hindsight
+    assert hind is not None and hind.policy == "compute-wait-hindsight"
+    assert (hind.setting, hind.queue) == ("k=0.05", "easy")
+    assert plain.wait_avg_h == pytest.approx((0 + 0.4 + 1.8) / 3)
+    assert hind.wait_avg_h == pytest.approx((0 + 0 + 1.8) / 3)  # only the on-prem wait is left
+    assert hind.jct_avg_h == pytest.approx(plain.jct_avg_h - 0.4 / 3)
+    assert hind.cloud_gpu_hours == plain.cloud_gpu_hours == pytest.approx(8.0)
+    assert hind.cloud_gpu_hours_measured == plain.cloud_gpu_hours_measured
+    assert hind.onprem_utilization == plain.onprem_utilization
+    assert hind.cloud_usd == plain.cloud_usd
+
+
+def test_no_wait_has_no_hindsight_variant_and_constant_wait_has_one():
+    jobs = [TraceJob("a", 0, 8, 1 * H, "research"), TraceJob("b", 0.1 * H, 8, 1 * H, "research")]
+    assert tiny_replay(jobs, RunSpec("no-wait", None, "easy")).hindsight is None
+    cw = tiny_replay(jobs, RunSpec("constant-wait", 0.5, "fifo"))
+    assert cw.hindsight is not None and cw.hindsight.policy == "constant-wait-hindsight"
+    assert cw.wait_avg_h == pytest.approx(0.5 / 2) and cw.hindsight.wait_avg_h == 0.0
