@@ -1,6 +1,7 @@
 """Placement benchmark: a realistic queue against busy on-prem clusters and cloud pools; greedy vs the solver vs LP.
 
     python -m simulations.bench_placement --jobs 1000,10000,50000 --targets 50 [--runs 3] [--seed 0]
+    python -m simulations.bench_placement --jobs 1000,10000 --targets 50 --runs 3 --work-limit 2
     python -m simulations.bench_placement --small 3000 [--seed 0]
     python -m simulations.bench_placement --jobs 1000 --targets 10 --detail
 
@@ -11,7 +12,9 @@ Each size prints one line per run: the decision's time (`solve` without the LP b
 its objective against greedy's, and its gap to the LP bound priced by the plan's own forecast (computed
 separately, timed on its own; `--with-bound` also times `solve` computing it, as the loop does to log it). `--small N` instead solves N small random problems (1-50 pending jobs, 2-6
 targets, on-prem load anywhere from idle to full), the common case of a replay that solves at every arrival
-and job end, and prints the mean time per solve. It prints figures; it does not pass or fail.
+and job end, and prints the mean time per solve. `--work-limit X` runs the same instances in the deterministic
+mode (`Policy.work_limit`, which replaces the time limit) and says whether a second solve gave the same plan.
+It prints figures; it does not pass or fail.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from placement import (
     JobDemand,
     Node,
     PlacementProblem,
+    Plan,
     Policy,
     Release,
     Target,
@@ -164,9 +168,21 @@ def _no_bound(policy: Policy) -> Policy:
     return replace(policy, compute_bound=False)
 
 
-def bench_small(n: int, seed: int, with_bound: bool) -> None:
+def _limits(policy: Policy, time_limit: float, work_limit: float | None) -> Policy:
+    """The policy with the benchmark's time limit, or its work limit (the deterministic mode)."""
+    return replace(policy, time_limit_s=time_limit, work_limit=work_limit)
+
+
+def _same(a: Plan, b: Plan) -> bool:
+    """Whether two plans decide the same (decisions, nodes, new nodes and objective, exactly)."""
+    return (a.decisions, a.new_nodes, a.objective) == (b.decisions, b.new_nodes, b.objective)
+
+
+def bench_small(n: int, seed: int, with_bound: bool, work_limit: float | None = None) -> None:
     rng = random.Random(seed)
     problems = [small_instance(rng) for _ in range(n)]
+    if work_limit is not None:
+        problems = [replace(p, policy=replace(p.policy, work_limit=work_limit)) for p in problems]
     times: list[float] = []
     by_status: dict[str, list[float]] = {}
     worse = bad = 0
@@ -187,7 +203,8 @@ def bench_small(n: int, seed: int, with_bound: bool) -> None:
             bad += 1
     times.sort()
     print(f"{n} small problems (seed {seed}): 1-50 pending jobs, 2-6 targets; LP bound "
-          f"{'computed' if with_bound else 'skipped'}")
+          f"{'computed' if with_bound else 'skipped'}"
+          + (f"; deterministic, work limit {work_limit:g}" if work_limit is not None else ""))
     print(f"mean solve   {1000 * statistics.fmean(times):.2f} ms (median {1000 * times[len(times) // 2]:.2f} ms, "
           f"p95 {1000 * times[int(0.95 * len(times))]:.2f} ms, total {sum(times):.1f} s)")
     for status, ts in sorted(by_status.items(), key=lambda kv: -len(kv[1])):
@@ -196,14 +213,18 @@ def bench_small(n: int, seed: int, with_bound: bool) -> None:
           f"worse than greedy: {worse}; check_plan violations: {bad}")
 
 
-def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float, with_bound: bool) -> None:
+def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float, with_bound: bool,
+                work_limit: float | None = None) -> None:
+    if work_limit is not None:
+        print(f"deterministic mode: work limit {work_limit:g} (the time limit is not read)")
     print(f"{'jobs':>6} x {'tgts':<4} {'seed':>4}  {'greedy':>18}  {'decision':>22}  {'vs greedy':>9}  "
-          f"{'status':<14} {'LP bound':>18}  {'gap':>6}  check" + ("  solve with bound" if with_bound else ""))
+          f"{'status':<14} {'LP bound':>18}  {'gap':>6}  check" + ("  solve with bound" if with_bound else "")
+          + ("  repeats" if work_limit is not None else ""))
     for n in sizes:
         for r in range(runs):
             s = seed + r
             problem = instance(n, n_targets, s)
-            policy = _no_bound(replace(problem.policy, time_limit_s=time_limit))
+            policy = _no_bound(_limits(problem.policy, time_limit, work_limit))
             problem = replace(problem, policy=policy)
             t = time.perf_counter()
             greedy = solve_greedy(problem)
@@ -226,12 +247,14 @@ def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_lim
                 bounded = solve(replace(problem, policy=replace(policy, compute_bound=True)))
                 took = time.perf_counter() - t
                 line += f"  {took:5.2f} s, gap " + ("-" if bounded.gap is None else f"{100 * bounded.gap:.2f}%")
+            if work_limit is not None:
+                line += "  " + ("same plan" if _same(plan, solve(problem)) else "DIFFERENT PLAN")
             print(line)
 
 
-def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float) -> None:
+def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float, work_limit: float | None = None) -> None:
     problem = instance(n_jobs, n_targets, seed)
-    problem = replace(problem, policy=replace(problem.policy, time_limit_s=time_limit))
+    problem = replace(problem, policy=_limits(problem.policy, time_limit, work_limit))
 
     t = time.perf_counter()
     greedy = solve_greedy(problem)
@@ -253,8 +276,9 @@ def bench_detail(n_jobs: int, n_targets: int, seed: int, time_limit: float) -> N
     rows = [
         ("jobs x targets", f"{n_jobs} x {n_targets} (seed {seed})"),
         ("greedy", f"${greedy.objective:,.0f} in {greedy_s:.2f} s"),
-        ("cp-sat", f"${plan.objective:,.0f} in {cp_s:.2f} s (limit {time_limit:g} s), "
-                   f"{below:.1f}% below greedy"),
+        ("cp-sat", f"${plan.objective:,.0f} in {cp_s:.2f} s ("
+                   + (f"limit {time_limit:g} s" if work_limit is None else f"work limit {work_limit:g}")
+                   + f"), {below:.1f}% below greedy"),
         ("status", f"{plan.status} (plan from {plan.solver})"),
         ("decisions", f"start {acts['start']}, burst {acts['burst']}, wait {acts['wait']}; "
                       f"{sum(plan.new_nodes.values())} new nodes"),
@@ -286,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=1, help="instances per size (seeds seed, seed+1, ...)")
     ap.add_argument("--time-limit", type=float, default=2.0)
+    ap.add_argument("--work-limit", type=float, default=None, metavar="X",
+                    help="solve in the deterministic mode with this work limit (Policy.work_limit) instead")
     ap.add_argument("--small", type=int, default=0, metavar="N", help="solve N small random problems instead")
     ap.add_argument("--detail", action="store_true", help="one size: every round of the search")
     ap.add_argument("--with-bound", action="store_true",
@@ -293,14 +319,14 @@ def main(argv: list[str] | None = None) -> None:
                          "with --small, solve with it on")
     args = ap.parse_args(argv)
     if args.small:
-        bench_small(args.small, args.seed, args.with_bound)
+        bench_small(args.small, args.seed, args.with_bound, args.work_limit)
         return
     sizes = [int(x) for x in args.jobs.split(",") if x.strip()]
     if args.detail:
         for n in sizes:
-            bench_detail(n, args.targets, args.seed, args.time_limit)
+            bench_detail(n, args.targets, args.seed, args.time_limit, args.work_limit)
         return
-    bench_sizes(sizes, args.targets, args.seed, args.runs, args.time_limit, args.with_bound)
+    bench_sizes(sizes, args.targets, args.seed, args.runs, args.time_limit, args.with_bound, args.work_limit)
 
 
 if __name__ == "__main__":
