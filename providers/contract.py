@@ -23,6 +23,7 @@ that grows and shrinks GPU node pools. Every provider — simulated, Kubernetes,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -149,7 +150,20 @@ class ClusterState:
     warnings: tuple[str, ...] = ()  # degraded but usable (e.g. Prometheus down): said once per cycle
 
     def pool(self, name: str) -> PoolState | None:
-        return next((p for p in self.pools if p.name == name), None)
+        return self._pools_by_name.get(name)
+
+    @cached_property
+    def _pools_by_name(self) -> dict[str, PoolState]:
+        return {p.name: p for p in self.pools}
+
+    @cached_property
+    def busy_nodes_by_pool(self) -> dict[str, int]:
+        """Pool name -> nodes of the pool running at least one Spillover job."""
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            if n.pool is not None and n.jobs > 0:
+                out[n.pool] = out.get(n.pool, 0) + 1
+        return out
 
 
 @dataclass(frozen=True)

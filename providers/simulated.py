@@ -52,6 +52,7 @@ class _Node:
     ready_at: float
     pool: str | None = None
     used: dict[str, list[float]] = field(default_factory=dict)  # job id -> [gpus, cpu, memory]
+    version: int = 0  # bumped whenever `used` changes: observations rebuild only the nodes that changed
 
     def free(self) -> tuple[float, float, float]:
         g = self.gpus - sum(u[0] for u in self.used.values())
@@ -75,6 +76,7 @@ class _Job:
     message: str = ""
     unschedulable_since: float | None = None
     interrupted: bool = False
+    version: int = 0  # bumped whenever the job changes
 
 
 RuntimeFn = Callable[[str, JobSpec, str], float]  # (job id, spec, gpu type) -> seconds
@@ -107,6 +109,15 @@ class SimulatedCluster:
         self.created: list[str] = []
         self._specs: dict[str, JobSpec] = {}
         self._cordoned: set[str] = set()
+        # Observing is the hot path of a replay: what did not change since the last look is not built again.
+        self._gen = 0  # bumped on every change of nodes, jobs or pool sizes
+        self._seen_gen = -1
+        self._seen: ClusterState | None = None
+        self._node_infos: dict[str, tuple[tuple, NodeInfo]] = {}
+        self._statuses: dict[str, tuple[int, JobStatus]] = {}
+        self._events_gen = -1
+        self._events: tuple[float | None, float | None] = (None, None)
+        self._advanced_gen = -1
         if self._state_path and self._state_path.exists():
             self._load()
             return
@@ -132,11 +143,21 @@ class SimulatedCluster:
     def observe(self) -> ClusterState:
         self._check("observe")
         self._advance(self._clock.now())
+        if self._seen is not None and self._seen_gen == self._gen:
+            seen = self._seen
+            return ClusterState(cluster=self.name, observed_at=self._t, nodes=seen.nodes, pools=seen.pools,
+                                jobs=seen.jobs)
         nodes = tuple(self._node_info(n) for n in self._nodes.values())
         pools = tuple(self._pool_state(p) for p in self._pools.values())
         jobs = {j.job_id: self._status(j) for j in self._jobs.values()}
+        if len(self._node_infos) > 2 * len(self._nodes) + 64:
+            self._node_infos = {k: v for k, v in self._node_infos.items() if k in self._nodes}
+        if len(self._statuses) > 2 * len(self._jobs) + 64:
+            self._statuses = {k: v for k, v in self._statuses.items() if k in self._jobs}
         self._save()
-        return ClusterState(cluster=self.name, observed_at=self._t, nodes=nodes, pools=pools, jobs=jobs)
+        self._seen = ClusterState(cluster=self.name, observed_at=self._t, nodes=nodes, pools=pools, jobs=jobs)
+        self._seen_gen = self._gen
+        return self._seen
 
     def dispatch(self, request: DispatchRequest) -> None:
         self._check("dispatch")
@@ -146,9 +167,11 @@ class SimulatedCluster:
         if request.pool is not None and request.pool not in self._pools:
             raise ProviderError(ErrorKind.INVALID, f"no node pool {request.pool!r}", cluster=self.name)
         self._jobs[request.job_id] = _Job(
-            job_id=request.job_id, spec=request.spec.model_dump(), pool=request.pool,
+            job_id=request.job_id, spec=request.spec.model_dump() if self._state_path else {}, pool=request.pool,
             hints=list(request.node_hints), dispatched_at=self._t,
         )
+        self._specs[request.job_id] = request.spec
+        self._gen += 1
         self.created.append(request.job_id)
         self._start_pending(self._t)
         self._save()
@@ -157,7 +180,9 @@ class SimulatedCluster:
         self._check("cancel")
         self._advance(self._clock.now())
         job = self._jobs.pop(job_id, None)
+        self._statuses.pop(job_id, None)  # a job of the same id dispatched later starts from scratch
         if job is not None:
+            self._gen += 1
             self._release(job)
             self._start_pending(self._t)
         self._save()
@@ -178,6 +203,7 @@ class SimulatedCluster:
             raise ProviderError(ErrorKind.INVALID, f"size {desired_nodes} outside [{p.min_nodes}, {p.max_nodes}]",
                                 cluster=self.name, pool=pool)
         self._desired[pool] = desired_nodes
+        self._gen += 1
         self._reconcile_pool(p)
         self._save()
 
@@ -187,15 +213,30 @@ class SimulatedCluster:
 
     # ---- what the simulator and tests may ask --------------------------------------------------
 
-    def next_event_at(self) -> float | None:
-        """When something will next change on its own (a node ready, a job ending), if anything will."""
-        times = [n.ready_at for n in self._nodes.values() if n.ready_at > self._t + EPS]
-        times += [j.finish_at for j in self._jobs.values() if j.finish_at is not None and j.finished_at is None]
-        return min(times) if times else None
+    def next_event_at(self, *, pools_only: bool = False) -> float | None:
+        """When something will next change on its own (a node ready, a job ending), if anything will; with
+        `pools_only`, only on nodes of cloud pools."""
+        if self._events_gen != self._gen:
+            every: list[float] = []
+            pools: list[float] = []
+            for n in self._nodes.values():
+                if n.ready_at > self._t + EPS:
+                    every.append(n.ready_at)
+                    if n.pool is not None:
+                        pools.append(n.ready_at)
+            for j in self._jobs.values():
+                if j.finish_at is not None and j.finished_at is None:
+                    every.append(j.finish_at)
+                    if j.pool is not None:
+                        pools.append(j.finish_at)
+            self._events = (min(every, default=None), min(pools, default=None))
+            self._events_gen = self._gen
+        return self._events[1] if pools_only else self._events[0]
 
     def cordon(self, node: str) -> None:
         """Take a node out of scheduling (it keeps what runs on it), as `kubectl cordon` does."""
         self._cordoned.add(node)
+        self._gen += 1
         self._save()
 
     def reclaim(self, node: str) -> None:
@@ -203,11 +244,14 @@ class SimulatedCluster:
         size is unchanged, boots a replacement."""
         self._advance(self._clock.now())
         n = self._nodes.pop(node)
+        self._node_infos.pop(node, None)
+        self._gen += 1
         for job in self._jobs.values():
             if node in job.nodes and job.finished_at is None:
                 self._release(job)
                 job.phase, job.finished_at, job.finish_at = JobPhase.FAILED.value, self._t, None
                 job.interrupted, job.message = True, f"interrupted: node {node} was reclaimed"
+                job.version += 1
         p = self._pools.get(n.pool or "")
         if p is not None:
             self._reconcile_pool(p)
@@ -215,6 +259,7 @@ class SimulatedCluster:
 
     def inject_async_error(self, error: ProviderError) -> None:
         self._pending_errors.append(error)
+        self._gen += 1
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -230,6 +275,7 @@ class SimulatedCluster:
         n = _Node(f"{self.name}-{p.name}-{self._seq:04d}", p.gpu_type, p.gpus_per_node, p.cpu_per_node,
                   p.memory_gib_per_node, ready_at=ready_at, pool=p.name)
         self._nodes[n.name] = n
+        self._gen += 1
 
     def _reconcile_pool(self, p: PoolSpec) -> None:
         mine = [n for n in self._nodes.values() if n.pool == p.name]
@@ -243,6 +289,8 @@ class SimulatedCluster:
             idle.sort(key=lambda n: (n.ready_at <= self._t, -n.ready_at))
             for n in idle[: len(mine) - want]:
                 del self._nodes[n.name]
+                self._node_infos.pop(n.name, None)
+                self._gen += 1
 
     def _bound_pending(self, node: str) -> bool:
         return any(node in j.hints for j in self._jobs.values() if j.phase == JobPhase.PENDING.value)
@@ -253,25 +301,34 @@ class SimulatedCluster:
             if nxt is None or nxt > now + EPS:
                 break
             self._t = max(self._t, nxt)
+            self._gen += 1  # a node became ready or a job ended
             for j in self._jobs.values():
                 if j.finish_at is not None and j.finished_at is None and j.finish_at <= self._t + EPS:
                     j.finished_at = j.finish_at
                     j.phase = JobPhase.SUCCEEDED.value
+                    j.version += 1
                     self._release(j)
             self._start_pending(self._t)
         self._t = max(self._t, now)
-        for p in self._pools.values():
-            self._reconcile_pool(p)
-        self._start_pending(self._t)
+        if self._advanced_gen != self._gen:  # nothing changed since the last time: nothing to reconcile
+            for p in self._pools.values():
+                self._reconcile_pool(p)
+            self._start_pending(self._t)
+            self._advanced_gen = self._gen
         cutoff = self._t - self._retention_s
-        for jid in [j.job_id for j in self._jobs.values() if j.finished_at is not None and j.finished_at < cutoff]:
+        old = [j.job_id for j in self._jobs.values() if j.finished_at is not None and j.finished_at < cutoff]
+        for jid in old:
             del self._jobs[jid]
+            self._specs.pop(jid, None)
+            self._statuses.pop(jid, None)
+        if old:
+            self._gen += 1
 
     def _release(self, job: _Job) -> None:
         for name in job.nodes:
             node = self._nodes.get(name)
-            if node is not None:
-                node.used.pop(job.job_id, None)
+            if node is not None and node.used.pop(job.job_id, None) is not None:
+                node.version += 1
 
     def _start_pending(self, t: float) -> None:
         for job in sorted((j for j in self._jobs.values() if j.phase == JobPhase.PENDING.value),
@@ -282,10 +339,15 @@ class SimulatedCluster:
                 if job.unschedulable_since is None:  # as kube-scheduler marks a pod no node can take now
                     job.unschedulable_since = t
                     job.message = "0 nodes available: insufficient resources or no matching node"
+                    job.version += 1
+                    self._gen += 1
                 continue
             job.unschedulable_since, job.message = None, ""
+            job.version += 1
+            self._gen += 1
             for n in chosen:
                 n.used[job.job_id] = [spec.gpus, spec.cpu, spec.memory_gib]
+                n.version += 1
             job.nodes = [n.name for n in chosen]
             job.phase = JobPhase.RUNNING.value
             job.started_at = t
@@ -318,12 +380,18 @@ class SimulatedCluster:
         return None
 
     def _node_info(self, n: _Node) -> NodeInfo:
-        g, c, m = n.free()
         ready = n.ready_at <= self._t + EPS and n.name not in self._cordoned
         booting = n.ready_at > self._t + EPS
-        return NodeInfo(name=n.name, gpu_type=n.gpu_type, gpus=n.gpus, cpu=n.cpu, memory_gib=n.memory_gib,
+        key = (n.version, ready, booting)
+        cached = self._node_infos.get(n.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        g, c, m = n.free()
+        info = NodeInfo(name=n.name, gpu_type=n.gpu_type, gpus=n.gpus, cpu=n.cpu, memory_gib=n.memory_gib,
                         free_gpus=int(round(g)), free_cpu=c, free_memory_gib=m, ready=ready, pool=n.pool,
                         ready_at=n.ready_at if booting else None, jobs=len(n.used))
+        self._node_infos[n.name] = (key, info)
+        return info
 
     def _pool_state(self, p: PoolSpec) -> PoolState:
         mine = [n for n in self._nodes.values() if n.pool == p.name]
@@ -333,10 +401,15 @@ class SimulatedCluster:
                          min_nodes=p.min_nodes, max_nodes=p.max_nodes, spot=p.spot)
 
     def _status(self, j: _Job) -> JobStatus:
-        return JobStatus(job_id=j.job_id, phase=JobPhase(j.phase), nodes=tuple(j.nodes), pool=j.pool,
-                         started_at=j.started_at, finished_at=j.finished_at, message=j.message,
-                         unschedulable_since=j.unschedulable_since, queue=j.spec.get("queue"),
-                         interrupted=j.interrupted)
+        cached = self._statuses.get(j.job_id)
+        if cached is not None and cached[0] == j.version:
+            return cached[1]
+        st = JobStatus(job_id=j.job_id, phase=JobPhase(j.phase), nodes=tuple(j.nodes), pool=j.pool,
+                       started_at=j.started_at, finished_at=j.finished_at, message=j.message,
+                       unschedulable_since=j.unschedulable_since, queue=self._spec(j).queue,
+                       interrupted=j.interrupted)
+        self._statuses[j.job_id] = (j.version, st)
+        return st
 
     # ---- persistence ---------------------------------------------------------------------------
 

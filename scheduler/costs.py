@@ -9,13 +9,20 @@ On-prem clusters record the GPU-hours jobs used at the configured amortized pric
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from providers.contract import ClusterState, JobPhase
 from scheduler.config import CloudCluster, OnPremCluster
 from scheduler.store import Job, LedgerEntry, Store
 
 HOUR = 3600.0
+
+
+class JobLookup(Protocol):
+    def get(self, job_id: str) -> Job | None: ...
+
 REPORT_KEYS = ("cloud", "cluster", "pool", "queue", "team", "job")
 
 
@@ -38,23 +45,33 @@ def _overlap(a0: float, a1: float, b0: float | None, b1: float | None) -> float:
 
 
 def ledger_entries(cluster: CloudCluster | OnPremCluster, state: ClusterState, since: float, until: float,
-                   jobs: dict[str, Job]) -> list[LedgerEntry]:
+                   jobs: JobLookup, node_since: Mapping[str, float] | None = None) -> list[LedgerEntry]:
+    """Entries for the node time in [since, until) that `state` shows; with `node_since`, only for those nodes,
+    each from its own time."""
     entries: list[LedgerEntry] = []
     on_node: dict[str, list] = {}
     for st in state.jobs.values():
-        if st.phase in (JobPhase.RUNNING, JobPhase.SUCCEEDED, JobPhase.FAILED) and st.started_at is not None:
+        if st.started_at is not None and st.phase in _RAN:
             for n in st.nodes:
                 on_node.setdefault(n, []).append(st)
     cloud = isinstance(cluster, CloudCluster)
     pools = {p.name: p for p in cluster.pools} if cloud else {}
+    name = cluster.name
+    cloud_name = getattr(cluster.cloud, "value", cluster.cloud) if cloud else "onprem"
+    region = cluster.region if cloud else ""
     for node in state.nodes:
+        if node_since is not None:
+            if node.name not in node_since:
+                continue
+            since = node_since[node.name]
         pool = pools.get(node.pool or "") if cloud else None
         if cloud and pool is None:
             continue
+        where = (f"{name}/{pool.name}", pool.instance_type, pool.spot) if pool is not None else ("", "", False)
         for bucket, t0, t1 in _buckets(since, until):
             seg_h = (t1 - t0) / HOUR
             used_h = 0.0
-            for st in on_node.get(node.name, []):
+            for st in on_node.get(node.name, ()):
                 h = _overlap(t0, t1, st.started_at, st.finished_at) / HOUR
                 if h <= 0:
                     continue
@@ -63,25 +80,17 @@ def ledger_entries(cluster: CloudCluster | OnPremCluster, state: ClusterState, s
                 share = min(1.0, gpus / node.gpus) if node.gpus else 1.0
                 used_h += share * h
                 usd = (pool.price_per_hour * share * h) if pool else cluster.gpu_hour_cost * gpus * h
-                entries.append(_entry(cluster, node.name, bucket, pool, share * h, gpus * h, usd, job, st.job_id))
+                entries.append(LedgerEntry(bucket, name, cloud_name, node.name, share * h, gpus * h, usd, st.job_id,
+                                           job.queue if job else "", job.team if job else "", region, *where))
             if pool is not None:
                 idle_h = max(0.0, seg_h - used_h)
                 if idle_h > 1e-12:
-                    entries.append(_entry(cluster, node.name, bucket, pool, idle_h, node.gpus * idle_h,
-                                          pool.price_per_hour * idle_h, None, ""))
+                    entries.append(LedgerEntry(bucket, name, cloud_name, node.name, idle_h, node.gpus * idle_h,
+                                               pool.price_per_hour * idle_h, "", "", "", region, *where))
     return entries
 
 
-def _entry(cluster, node: str, bucket: float, pool, node_h: float, gpu_h: float, usd: float, job: Job | None,
-           job_id: str) -> LedgerEntry:
-    if isinstance(cluster, CloudCluster):
-        return LedgerEntry(bucket=bucket, cluster=cluster.name, cloud=getattr(cluster.cloud, "value", cluster.cloud),
-                           region=cluster.region, pool=f"{cluster.name}/{pool.name}", instance_type=pool.instance_type, spot=pool.spot,
-                           node=node, node_hours=node_h, gpu_hours=gpu_h, usd=usd, job_id=job_id,
-                           queue=job.queue if job else "", team=job.team if job else "")
-    return LedgerEntry(bucket=bucket, cluster=cluster.name, cloud="onprem", node=node, node_hours=node_h,
-                       gpu_hours=gpu_h, usd=usd, job_id=job_id, queue=job.queue if job else "",
-                       team=job.team if job else "")
+_RAN = (JobPhase.RUNNING, JobPhase.SUCCEEDED, JobPhase.FAILED)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import json
 import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Boolean,
@@ -39,8 +39,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from scheduler.bulk import Compiled
 from scheduler.errors import StoreUnavailableError, UnknownJobError
 from scheduler.model import JobSpec, JobState
+
+
+# PostgreSQL advisory lock taken by every write transaction (see Store.tx)
+EVENT_ORDER_LOCK = 7263012
+NON_TERMINAL = tuple(st.value for st in JobState if not st.terminal)
 
 
 class Base(DeclarativeBase):
@@ -67,6 +73,10 @@ class JobRow(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
+    # what the loop must remember across a restart: times the job's node was taken away under it, and
+    # clusters it must not go back to until a time ({cluster: until}, JSON)
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    avoid: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class EventRow(Base):
@@ -102,8 +112,9 @@ class LedgerRow(Base):
     """Node-hours and dollars, per hour bucket, node and job ('' = the node's idle share)."""
 
     __tablename__ = "ledger"
-    __table_args__ = (UniqueConstraint("bucket", "node", "job_id"), Index("ix_ledger_cloud", "cloud"),
-                      Index("ix_ledger_cluster_bucket", "cluster", "bucket"))
+    # the loop writes a row per node and hour: every index is paid for on each write, so only the unique key and
+    # the hour (reports over a period) are indexed
+    __table_args__ = (UniqueConstraint("bucket", "node", "job_id"), Index("ix_ledger_bucket", "bucket"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     bucket: Mapped[float] = mapped_column(Float)  # start of the hour, epoch seconds
     cluster: Mapped[str] = mapped_column(String(63))
@@ -119,6 +130,15 @@ class LedgerRow(Base):
     gpu_hours: Mapped[float] = mapped_column(Float, default=0.0)
     node_hours: Mapped[float] = mapped_column(Float, default=0.0)
     usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class LedgerMarkRow(Base):
+    """How far each node's time is in the ledger: the loop charges from here on."""
+
+    __tablename__ = "ledger_marks"
+    cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
+    node: Mapped[str] = mapped_column(String(128), primary_key=True)
+    until: Mapped[float] = mapped_column(Float)
 
 
 class ClusterStatusRow(Base):
@@ -139,6 +159,8 @@ class PoolStatusRow(Base):
     idle_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     cooloff_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
+    growing_since: Mapped[float | None] = mapped_column(Float, nullable=True)  # short of its desired size since
+    lost_nodes: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # {node: when}, JSON
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,8 @@ class Job:
     dispatched_at: float | None
     started_at: float | None
     finished_at: float | None
+    interruptions: int = 0  # times its node was taken away under it (spot reclaims, lost nodes)
+    avoid: tuple[tuple[str, float], ...] = ()  # (cluster, until): not to be sent back there before then
 
     @cached_property
     def spec(self) -> JobSpec:
@@ -171,13 +195,31 @@ class Job:
     def dispatch_key(self) -> str:
         return f"dispatch:{self.id}:{self.attempts}"
 
+    def evolve(self, **changes: Any) -> Job:
+        """This job with some fields changed (the parsed spec is kept: it never changes). The loop changes jobs
+        several times a cycle, and `dataclasses.replace` on a frozen class of this size costs ten times more."""
+        unknown = changes.keys() - _JOB_FIELDS
+        if unknown:
+            raise TypeError(f"Job has no field {sorted(unknown)[0]!r}")
+        new = object.__new__(Job)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
+    def avoided(self, now: float) -> set[str]:
+        """Clusters the job must not be sent to at `now`."""
+        return {c for c, until in self.avoid if until > now}
+
     @staticmethod
     def of(row: Any) -> Job:
+        avoid = json.loads(row.avoid) if row.avoid and row.avoid != "{}" else {}
         return Job(row.id, row.name, row.queue, row.team, row.spec, row.gpus, row.priority, JobState(row.state),
                    row.cluster, row.pool, row.gpu_type, row.reason, row.attempts, row.submitted_at,
-                   row.dispatched_at, row.started_at, row.finished_at)
+                   row.dispatched_at, row.started_at, row.finished_at, row.interruptions or 0,
+                   tuple(sorted(avoid.items())))
 
 
+_JOB_FIELDS = frozenset(Job.__dataclass_fields__)
 # A job's spec never changes once stored, and every cycle reads the active jobs again: parse each spec once.
 _parse_spec = lru_cache(maxsize=65536)(JobSpec.model_validate_json)
 
@@ -210,8 +252,10 @@ class Action:
                       row.created_at)
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
+    """Node time in one hour bucket, on one node, for one job ('' = the node's idle share). A tuple: the
+    ledger makes hundreds of thousands of them in a long replay."""
+
     bucket: float
     cluster: str
     cloud: str
@@ -226,6 +270,128 @@ class LedgerEntry:
     pool: str = ""
     instance_type: str = ""
     spot: bool = False
+
+
+@dataclass
+class ClusterHealth:
+    """What the loop knows of a cluster between cycles: reachability, its last signals, the ledger's mark."""
+
+    cluster: str
+    available: bool = True
+    failures: int = 0  # consecutive failed observations
+    unavailable_since: float | None = None
+    message: str = ""
+    signals: str = "{}"
+    last_observed_at: float | None = None
+    accrued_until: float | None = None  # node time up to here is in the ledger
+
+    @staticmethod
+    def of(row: Any) -> ClusterHealth:
+        return ClusterHealth(row.cluster, bool(row.available), row.failures or 0, row.unavailable_since,
+                             row.message or "", row.signals or "{}", row.last_observed_at, row.accrued_until)
+
+    def row(self) -> dict[str, Any]:
+        return dict(cluster=self.cluster, available=self.available, failures=self.failures,
+                    unavailable_since=self.unavailable_since, message=self.message, signals=self.signals,
+                    last_observed_at=self.last_observed_at, accrued_until=self.accrued_until)
+
+
+@dataclass
+class PoolHealth:
+    """What the loop knows of a cloud pool between cycles: idle and provisioning clocks, cool-off, lost nodes."""
+
+    pool_id: str  # "<cluster>/<pool>"
+    idle_since: float | None = None
+    cooloff_until: float | None = None
+    message: str = ""
+    growing_since: float | None = None
+    lost_nodes: dict[str, float] = field(default_factory=dict)  # node -> when it was lost under a running job
+
+    @staticmethod
+    def of(row: Any) -> PoolHealth:
+        return PoolHealth(row.pool_id, row.idle_since, row.cooloff_until, row.message or "", row.growing_since,
+                          json.loads(row.lost_nodes or "{}"))
+
+    def row(self) -> dict[str, Any]:
+        return dict(pool_id=self.pool_id, idle_since=self.idle_since, cooloff_until=self.cooloff_until,
+                    message=self.message, growing_since=self.growing_since,
+                    lost_nodes=json.dumps(self.lost_nodes, sort_keys=True))
+
+
+@dataclass
+class NewEvent:
+    at: float
+    kind: str
+    message: str
+    job_id: str | None = None
+    cluster: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+
+
+@dataclass
+class NewAction:
+    """An action to write as intended."""
+
+    key: str
+    kind: str
+    cluster: str
+    created_at: float
+    job_id: str | None = None
+    pool: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionDone:
+    key: str
+    at: float
+    ok: bool = True
+    error: str = ""
+
+
+@dataclass
+class JobWrite:
+    """One job's row as it should be, written only if the store still holds it in `expected` state; its events,
+    intents and finished actions are written with it or not at all."""
+
+    job: Job
+    expected: JobState
+    at: float  # when it changed (the row's updated_at)
+    events: list[NewEvent] = field(default_factory=list)
+    intents: list[NewAction] = field(default_factory=list)
+    done: list[ActionDone] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """Everything one commit of the loop writes, in one transaction."""
+
+    jobs: dict[str, JobWrite] = field(default_factory=dict)
+    events: list[NewEvent] = field(default_factory=list)
+    intents: list[NewAction] = field(default_factory=list)
+    done: list[ActionDone] = field(default_factory=list)
+    clusters: dict[str, ClusterHealth] = field(default_factory=dict)
+    pools: dict[str, PoolHealth] = field(default_factory=dict)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    marks: dict[tuple[str, str], float | None] = field(default_factory=dict)  # (cluster, node) -> until; None: gone
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.events or self.intents or self.done or self.clusters or self.pools
+                    or self.ledger or self.marks)
+
+
+@dataclass(frozen=True)
+class WorkingSet:
+    """What the loop loads at start: every job not yet finished, open actions, cluster and pool health, and the
+    newest event id (changes by others are read from there on)."""
+
+    jobs: list[Job]
+    open_actions: list[Action]
+    clusters: dict[str, ClusterHealth]
+    pools: dict[str, PoolHealth]
+    event_mark: int
+    marks: dict[str, dict[str, float]]  # cluster -> node -> how far its time is in the ledger
 
 
 def new_job_id(name: str) -> str:
@@ -252,13 +418,27 @@ class Store:
             safe = self.engine.url.render_as_string(hide_password=True)
             raise StoreUnavailableError(f"store.url: cannot open {safe}: {e.orig}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._pg = self.engine.dialect.name == "postgresql"
+        self._conn: Any = None  # see _write
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
+        """A write transaction. On PostgreSQL writers take turns, so that event ids are handed out in commit
+        order and the loop, reading events after the last id it saw, never misses one committed late."""
         with self._sessions.begin() as s:
+            if self._pg:
+                s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_ORDER_LOCK})
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as s:
             yield s
 
     # ---- jobs ------------------------------------------------------------------------------------
@@ -269,25 +449,28 @@ class Store:
         specs = list(specs)
         id_list = list(ids) if ids is not None else [new_job_id(s.name) for s in specs]
         teams = teams or {}
-        rows = []
-        with self.tx() as s:
-            for spec, jid in zip(specs, id_list, strict=True):
-                row = JobRow(id=jid, name=spec.name, queue=spec.queue, team=teams.get(spec.queue, spec.queue),
-                             spec=spec.model_dump_json(), gpus=spec.total_gpus, priority=spec.priority,
-                             state=JobState.PENDING.value, reason="queued", attempts=0, submitted_at=now,
-                             updated_at=now)
-                s.add(row)
-                rows.append(row)
-            s.flush()  # jobs before the events that point at them
-            for row, spec in zip(rows, specs):
-                s.add(EventRow(at=now, job_id=row.id, kind="submitted", to_state=JobState.PENDING.value,
-                               message=f"submitted to queue {spec.queue}: {spec.total_gpus} GPU(s), "
-                                       f"estimated {spec.estimated_runtime_s / 3600:.2f} h"))
-        return [Job.of(r) for r in rows]
+        jobs = [Job(jid, spec.name, spec.queue, teams.get(spec.queue, spec.queue), spec.model_dump_json(),
+                    spec.total_gpus, spec.priority, JobState.PENDING, None, None, None, "queued", 0, now, None, None,
+                    None) for spec, jid in zip(specs, id_list, strict=True)]
+        if not jobs:
+            return []
+        with self._write() as conn:
+            _JOB_INSERT.many(conn, [
+                dict(id=j.id, name=j.name, queue=j.queue, team=j.team, spec=j.spec_json, gpus=j.gpus,
+                     priority=j.priority, state=j.state.value, cluster=None, pool=None, gpu_type=None,
+                     reason=j.reason, attempts=0, submitted_at=now, dispatched_at=None, started_at=None,
+                     finished_at=None, updated_at=now, interruptions=0, avoid="{}") for j in jobs])
+            _EVENT_INSERT.many(conn, [
+                dict(at=now, job_id=j.id, cluster=None, kind="submitted", from_state=None,
+                     to_state=JobState.PENDING.value, message=f"submitted to queue {spec.queue}: {spec.total_gpus} "
+                     f"GPU(s), estimated {spec.estimated_runtime_s / 3600:.2f} h") for j, spec in zip(jobs, specs)])
+        for j, spec in zip(jobs, specs):
+            j.__dict__["spec"] = spec
+        return jobs
 
     def job(self, ref: str) -> Job:
         """A job by id, or by name (the newest with that name)."""
-        with self.tx() as s:
+        with self._read() as s:
             row = s.get(JobRow, ref)
             if row is None:
                 row = s.scalars(select(JobRow).where(JobRow.name == ref)
@@ -322,7 +505,7 @@ class Store:
         return out
 
     def count_by_state(self) -> dict[JobState, int]:
-        with self.tx() as s:
+        with self._read() as s:
             rows = s.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all()
         return {JobState(st): n for st, n in rows}
 
@@ -371,7 +554,7 @@ class Store:
         q = q.order_by(EventRow.id)
         if limit is not None:
             q = q.limit(limit)
-        with self.tx() as s:
+        with self._read() as s:
             return [Event(r.at, r.job_id, r.cluster, r.kind, r.from_state, r.to_state, r.message)
                     for r in s.scalars(q)]
 
@@ -379,6 +562,83 @@ class Store:
                      cluster: str | None = None) -> None:
         with self.tx() as s:
             s.add(EventRow(at=now, job_id=job_id, cluster=cluster, kind=kind, message=message))
+
+    # ---- the loop's working set and journal ---------------------------------------------------------
+
+    def working_set(self) -> WorkingSet:
+        """Everything the loop needs at start, read once: it works in memory from there on."""
+        t = JobRow.__table__
+        with self.engine.connect() as conn:
+            mark = conn.execute(select(func.max(EventRow.id))).scalar() or 0
+            jobs = [Job.of(r) for r in conn.execute(select(*t.c).where(t.c.state.in_(NON_TERMINAL))
+                                                     .order_by(t.c.submitted_at, t.c.id))]
+        with self._read() as s:
+            actions = [Action.of(r) for r in s.scalars(select(ActionRow).where(ActionRow.status == "intended")
+                                                       .order_by(ActionRow.id))]
+            clusters = {r.cluster: ClusterHealth.of(r) for r in s.scalars(select(ClusterStatusRow))}
+            pools = {r.pool_id: PoolHealth.of(r) for r in s.scalars(select(PoolStatusRow))}
+            marks: dict[str, dict[str, float]] = {}
+            for r in s.scalars(select(LedgerMarkRow)):
+                marks.setdefault(r.cluster, {})[r.node] = r.until
+        return WorkingSet(jobs, actions, clusters, pools, int(mark), marks)
+
+    def job_changes(self, after: int) -> tuple[dict[str, str], int]:
+        """{job id: the state its newest event moved it to} for events after id `after`, and the newest id."""
+        out: dict[str, str] = {}
+        mark = after
+        with self._write() as conn:
+            for eid, job_id, to_state in _EVENTS_AFTER.rows(conn, {"after": after}):
+                mark = eid
+                if job_id is not None and to_state is not None:
+                    out[job_id] = to_state
+        return out, mark
+
+    def apply(self, batch: Batch) -> set[str]:
+        """Write a batch in one transaction. Each job's row is written only if the store still holds the state the
+        batch expects (compare-and-set); the ids of jobs another writer changed meanwhile are returned, and
+        nothing of theirs (row, events, intents, finished actions) is written."""
+        if not batch:
+            return set()
+        failed: set[str] = set()
+        events, intents, done = list(batch.events), list(batch.intents), list(batch.done)
+        with self._write() as conn:
+            for w in batch.jobs.values():
+                if _JOB_CAS.one(conn, _job_params(w)) != 1:
+                    failed.add(w.job.id)
+                    continue
+                events += w.events
+                intents += w.intents
+                done += w.done
+            _EVENT_INSERT.many(conn, [vars(e) for e in events])
+            _ACTION_INSERT.many(conn, [dict(key=a.key, kind=a.kind, job_id=a.job_id, cluster=a.cluster, pool=a.pool,
+                                            payload=json.dumps(a.payload), status="intended",
+                                            created_at=a.created_at, error="") for a in intents])
+            _ACTION_DONE.many(conn, [{"k": d.key, "st": "done" if d.ok else "failed", "at": d.at, "err": d.error}
+                                     for d in done])
+            _CLUSTER_UPSERT.many(conn, [c.row() for c in batch.clusters.values()])
+            _POOL_UPSERT.many(conn, [p.row() for p in batch.pools.values()])
+            _LEDGER_UPSERT.many(conn, _ledger_rows(batch.ledger))
+            _MARK_UPSERT.many(conn, [dict(cluster=c, node=n, until=u) for (c, n), u in batch.marks.items()
+                                     if u is not None])
+            _MARK_DELETE.many(conn, [dict(c=c, n=n) for (c, n), u in batch.marks.items() if u is None])
+        return failed
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A Core transaction on a connection kept open for the loop's many small writes and reads, with the same
+        turn-taking on PostgreSQL as `tx`. A connection that failed is dropped and opened again next time."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                if self._pg:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_ORDER_LOCK})
+                yield conn
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
 
     # ---- intended actions ------------------------------------------------------------------------
 
@@ -413,14 +673,14 @@ class Store:
         q = select(ActionRow).where(ActionRow.status == "intended")
         if kind is not None:
             q = q.where(ActionRow.kind == kind)
-        with self.tx() as s:
+        with self._read() as s:
             return [Action.of(r) for r in s.scalars(q.order_by(ActionRow.id))]
 
     def actions(self, job_id: str | None = None) -> list[Action]:
         q = select(ActionRow)
         if job_id is not None:
             q = q.where(ActionRow.job_id == job_id)
-        with self.tx() as s:
+        with self._read() as s:
             return [Action.of(r) for r in s.scalars(q.order_by(ActionRow.id))]
 
     # ---- clusters and pools ------------------------------------------------------------------------
@@ -434,11 +694,11 @@ class Store:
             return row
 
     def cluster_statuses(self) -> dict[str, ClusterStatusRow]:
-        with self.tx() as s:
+        with self._read() as s:
             return {r.cluster: r for r in s.scalars(select(ClusterStatusRow))}
 
     def pool_statuses(self) -> dict[str, PoolStatusRow]:
-        with self.tx() as s:
+        with self._read() as s:
             return {r.pool_id: r for r in s.scalars(select(PoolStatusRow))}
 
     def save_cluster_status(self, row: ClusterStatusRow) -> None:
@@ -465,52 +725,15 @@ class Store:
 
     def accrue_many(self, accruals: dict[str, tuple[float, list[LedgerEntry]]]) -> None:
         """`accrue` for several clusters in one transaction."""
-        t = LedgerRow.__table__
-        with self.tx() as s, s.no_autoflush:
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            for cluster, (until, entries) in accruals.items():
-                status = s.get(ClusterStatusRow, cluster)
-                if status is None:
-                    status = ClusterStatusRow(cluster=cluster, available=True, failures=0, message="")
-                    s.add(status)
-                status.accrued_until = until
-                status.last_observed_at = until
-                if not entries:
-                    continue
-                # an accrual touches one or two hour buckets: read their rows once, then add in memory
-                buckets = sorted({e.bucket for e in entries})
-                existing = {(r.bucket, r.node, r.job_id): [r.id, r.gpu_hours, r.node_hours, r.usd]
-                            for r in s.execute(select(t.c.id, t.c.bucket, t.c.node, t.c.job_id, t.c.gpu_hours,
-                                                      t.c.node_hours, t.c.usd)
-                                               .where(t.c.cluster == cluster, t.c.bucket.in_(buckets)))}
-                fresh: dict[tuple[float, str, str], dict[str, Any]] = {}
-                touched: dict[int, list] = {}
-                for e in entries:
-                    key = (e.bucket, e.node, e.job_id)
-                    row = existing.get(key)
-                    if row is not None:
-                        row[1] += e.gpu_hours
-                        row[2] += e.node_hours
-                        row[3] += e.usd
-                        touched[row[0]] = row
-                        continue
-                    new_row = fresh.get(key)
-                    if new_row is None:
-                        new_row = fresh[key] = dict(
-                            bucket=e.bucket, cluster=e.cluster, cloud=e.cloud, region=e.region, pool=e.pool,
-                            instance_type=e.instance_type, spot=e.spot, node=e.node, job_id=e.job_id,
-                            queue=e.queue, team=e.team, gpu_hours=0.0, node_hours=0.0, usd=0.0)
-                    new_row["gpu_hours"] += e.gpu_hours
-                    new_row["node_hours"] += e.node_hours
-                    new_row["usd"] += e.usd
-                inserts += fresh.values()
-                updates += [{"rid": r[0], "g": r[1], "n": r[2], "u": r[3]} for r in touched.values()]
-            if inserts:
-                s.execute(t.insert(), inserts)
-            if updates:
-                s.execute(t.update().where(t.c.id == bindparam("rid"))
-                          .values(gpu_hours=bindparam("g"), node_hours=bindparam("n"), usd=bindparam("u")), updates)
+        batch = Batch()
+        for cluster, (until, entries) in accruals.items():
+            with self._read() as s:
+                row = s.get(ClusterStatusRow, cluster)
+            health = ClusterHealth.of(row) if row is not None else ClusterHealth(cluster)
+            health.accrued_until = health.last_observed_at = until
+            batch.clusters[cluster] = health
+            batch.ledger += entries
+        self.apply(batch)
 
     def ledger_totals(self, by: str, *, since: float | None = None, until: float | None = None
                       ) -> list[tuple[str, float, float, float]]:
@@ -523,8 +746,79 @@ class Store:
         if until is not None:
             q = q.where(LedgerRow.bucket < until)
         q = q.group_by(column).order_by(func.sum(LedgerRow.usd).desc())
-        with self.tx() as s:
+        with self._read() as s:
             return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
+
+
+_JOB_COLUMNS = ("state", "cluster", "pool", "gpu_type", "reason", "attempts", "dispatched_at", "started_at",
+                "finished_at", "interruptions", "avoid", "updated_at")
+_jt = JobRow.__table__
+_et = EventRow.__table__
+_at = ActionRow.__table__
+_JOB_CAS = Compiled(update(_jt).where(_jt.c.id == bindparam("b_id"), _jt.c.state == bindparam("b_expected"))
+                    .values({c: bindparam(f"b_{c}") for c in _JOB_COLUMNS}))
+_JOB_INSERT = Compiled(_jt.insert(), [c.name for c in _jt.c])
+_EVENT_INSERT = Compiled(_et.insert(), ["at", "job_id", "cluster", "kind", "from_state", "to_state", "message"])
+_EVENTS_AFTER = Compiled(select(_et.c.id, _et.c.job_id, _et.c.to_state).where(_et.c.id > bindparam("after"))
+                         .order_by(_et.c.id))
+_ACTION_DONE = Compiled(update(_at).where(_at.c.key == bindparam("k"))
+                        .values(status=bindparam("st"), done_at=bindparam("at"), error=bindparam("err")))
+_ACTION_COLUMNS = ["key", "kind", "job_id", "cluster", "pool", "payload", "status", "created_at", "error"]
+
+
+def _insert(dialect: str, table: Any) -> Any:
+    """INSERT that can say ON CONFLICT, which SQLite and PostgreSQL both speak, each through its own dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def _upsert(table: Any, keys: tuple[str, ...], accumulate: tuple[str, ...] = ()) -> Compiled:
+    """Insert rows, or update the row with the same keys: replacing its columns, adding to `accumulate` ones."""
+    columns = [c.name for c in table.c if not (c.primary_key and c.autoincrement is True and c.name not in keys)]
+
+    def build(dialect: str) -> Any:
+        stmt = _insert(dialect, table)
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_={
+            c: (table.c[c] + stmt.excluded[c]) if c in accumulate else stmt.excluded[c]
+            for c in columns if c not in keys})
+
+    return Compiled(build, columns)
+
+
+_ACTION_INSERT = Compiled(lambda d: _insert(d, _at).on_conflict_do_nothing(index_elements=["key"]), _ACTION_COLUMNS)
+_CLUSTER_UPSERT = _upsert(ClusterStatusRow.__table__, ("cluster",))
+_POOL_UPSERT = _upsert(PoolStatusRow.__table__, ("pool_id",))
+_mt = LedgerMarkRow.__table__
+_MARK_UPSERT = _upsert(_mt, ("cluster", "node"))
+_MARK_DELETE = Compiled(_mt.delete().where(_mt.c.cluster == bindparam("c"), _mt.c.node == bindparam("n")))
+_LEDGER_UPSERT = _upsert(LedgerRow.__table__, ("bucket", "node", "job_id"), accumulate=("gpu_hours", "node_hours", "usd"))
+
+
+def _job_params(w: JobWrite) -> dict[str, Any]:
+    j = w.job
+    return {"b_id": j.id, "b_expected": w.expected.value, "b_state": j.state.value, "b_cluster": j.cluster,
+            "b_pool": j.pool, "b_gpu_type": j.gpu_type, "b_reason": j.reason, "b_attempts": j.attempts,
+            "b_dispatched_at": j.dispatched_at, "b_started_at": j.started_at, "b_finished_at": j.finished_at,
+            "b_interruptions": j.interruptions, "b_avoid": json.dumps(dict(j.avoid), sort_keys=True),
+            "b_updated_at": w.at}
+
+
+def _ledger_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
+    """Entries summed by (bucket, node, job): one row each, as the ledger's unique key wants."""
+    rows: dict[tuple[float, str, str], dict[str, Any]] = {}
+    for e in entries:
+        key = (e.bucket, e.node, e.job_id)
+        row = rows.get(key)
+        if row is None:
+            rows[key] = e._asdict()
+        else:
+            row["gpu_hours"] += e.gpu_hours
+            row["node_hours"] += e.node_hours
+            row["usd"] += e.usd
+    return list(rows.values())
 
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

@@ -15,9 +15,9 @@ from placement import PlacementProblem, Plan
 from providers.contract import ClusterProvider
 from providers.simulated import RuntimeFn
 from scheduler.clock import SimClock
-from scheduler.config import CloudCluster, SpilloverConfig
+from scheduler.config import SpilloverConfig
 from scheduler.loop import ControlLoop, CycleReport
-from scheduler.model import JobSpec, JobState
+from scheduler.model import JobSpec
 from scheduler.store import Store
 from scheduler.wiring import build_providers
 
@@ -74,6 +74,7 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
         if batch:
             jobs = store.submit([a.spec for a in batch], now=now, teams=teams,
                                 ids=[a.job_id for a in batch] if all(a.job_id for a in batch) else None)
+            loop.submitted(jobs)
             ids.extend(j.id for j in jobs)
         report = loop.run_cycle()
         cycles += 1
@@ -85,12 +86,13 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
             on_cycle(report)
         if progress:
             progress(now - start, finished, len(ids))
-        nxt = _next_event(loop, providers, store, config, now, todo[i].at_s + start if i < len(todo) else None)
+        nxt = _next_event(loop, providers, now, todo[i].at_s + start if i < len(todo) else None)
         if nxt is None or nxt - start > max_sim_s:
             break
         # the real loop wakes on its tick grid, so a change is seen at the first tick after it
         grid = start + math.ceil((nxt - start) / tick - 1e-9) * tick
         clock.advance_to(max(grid, now + tick))
+    loop.flush()
     pools_at_end = {}
     for name, state in loop.last_states.items():
         for ps in state.pools:
@@ -99,31 +101,32 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
                      job_ids=ids, pools_at_end=pools_at_end)
 
 
-def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], store: Store, config: SpilloverConfig,
-                now: float, next_arrival: float | None) -> float | None:
+# When nothing waits, a job ending outside the cloud pools changes no decision: the loop records it at its next
+# cycle (with the cluster's exact end time), at the latest this long after it ended.
+RECORD_WITHIN_S = 3600.0
+
+
+def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], now: float,
+                next_arrival: float | None) -> float | None:
+    """When the loop next has a reason to look: an arrival, a change in a cluster that matters now (any, while jobs
+    wait or are on their way; else only in cloud pools, whose idle nodes bill until they scale down), or the loop's
+    own deadlines. The working state is in memory: this reads no store."""
     times = [t for t in (next_arrival,) if t is not None]
+    watching = loop.watching()
     for p in providers.values():
-        nxt = getattr(p, "next_event_at", lambda: None)()
+        events = getattr(p, "next_event_at", None)
+        if events is None:
+            continue
+        if watching:
+            nxt = events()
+        else:
+            nxt = events(pools_only=True)
+            other = events()
+            if other is not None:
+                times.append(other + RECORD_WITHIN_S)
         if nxt is not None:
             times.append(nxt)
-    counts = store.count_by_state()
     wake = loop.next_wakeup()
-    if counts.get(JobState.PENDING) and wake is not None:
+    if wake is not None:
         times.append(max(now, wake))
-    if any(counts.get(s) for s in (JobState.DISPATCHING, JobState.CANCELLING)) or store.open_actions():
-        times.append(now)  # something is half done: look again at the next tick
-    idle_s = config.policy.scale_down_idle_s
-    pool_statuses = store.pool_statuses()
-    for c in config.clusters:
-        if isinstance(c, CloudCluster):
-            for p in c.pools:
-                st = pool_statuses.get(f"{c.name}/{p.name}")
-                if st is not None and st.idle_since is not None:
-                    times.append(st.idle_since + idle_s)
-                state = loop.last_states.get(c.name)
-                ps = state.pool(p.name) if state else None
-                if ps is not None and (st is None or st.idle_since is None):
-                    busy = sum(1 for n in state.nodes if n.pool == p.name and n.jobs > 0)
-                    if ps.nodes > max(p.min_nodes, busy):
-                        times.append(now)  # surplus nodes whose idle clock has not started yet
     return min(times) if times else None

@@ -1,0 +1,143 @@
+"""What every part of the cycle shares: the config, the working state and its journal, the providers and the clock,
+and the vocabulary of the cycle: move a job, take it off its cluster, intend an action and perform it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from placement import Plan, PlacementProblem
+from providers.contract import ClusterProvider, ClusterState, ErrorKind, ProviderError
+from scheduler.clock import Clock
+from scheduler.config import SpilloverConfig
+from scheduler.journal import Journal
+from scheduler.model import JobState
+from scheduler.state import WorkingState
+from scheduler.store import ActionDone, Job, NewAction, NewEvent, Store
+
+log = logging.getLogger("spillover.loop")
+
+ACTIVE = (JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING, JobState.CANCELLING)
+# Errors after which retrying the same call cannot help: the job goes back to the solver instead.
+FINAL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)
+
+
+@dataclass
+class CycleReport:
+    at: float
+    observed: int = 0
+    unreachable: list[str] = field(default_factory=list)
+    pending: int = 0
+    started: int = 0
+    burst: int = 0
+    waiting: int = 0
+    scaled: list[str] = field(default_factory=list)
+    finished: int = 0
+    interrupted: int = 0
+    solved: bool = False
+    problem: PlacementProblem | None = None
+    plan: Plan | None = None
+    commits: int = 0  # transactions the cycle wrote
+
+
+class LoopContext:
+    def __init__(self, config: SpilloverConfig, store: Store, providers: dict[str, ClusterProvider], clock: Clock,
+                 *, crash_hook: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.state = WorkingState(store)
+        self.journal = Journal(store, self.state)
+        # lets crash tests stop the process at a named point between writing an intent and acting on it
+        self.crash_hook = crash_hook or (lambda _point: None)
+        self.dirty = True  # something changed that is worth a new plan
+        self.report = CycleReport(at=clock.now())
+        self.states: dict[str, ClusterState] = {}  # this cycle's observations of the reachable clusters
+        self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
+
+    # ---- job changes -----------------------------------------------------------------------------
+
+    def move(self, job: Job, to: JobState, *, now: float, message: str, kind: str = "state",
+             intents: tuple[NewAction, ...] = (), done: tuple[ActionDone, ...] = (), **fields: Any) -> Job:
+        """Change a job's state (and columns), with its event: in memory now, in the store at the next commit."""
+        after = job.evolve(state=to, **fields)
+        cluster = fields["cluster"] if "cluster" in fields else job.cluster
+        event = NewEvent(at=now, kind=kind, message=message, job_id=job.id, cluster=cluster,
+                         from_state=job.state.value, to_state=to.value)
+        return self.journal.change(job, after, at=now, event=event, intents=intents, done=done)
+
+    def set_reason(self, job: Job, reason: str, *, now: float, event_kind: str | None = None) -> Job:
+        event = NewEvent(at=now, kind=event_kind, message=reason, job_id=job.id) if event_kind else None
+        return self.journal.change(job, job.evolve(reason=reason), at=now, event=event)
+
+    def take_off_cluster(self, job: Job, now: float, message: str, *, kind: str = "state",
+                         to: JobState = JobState.PENDING, dispatch_error: str | None = None,
+                         dispatch_done: bool = False, **fields: Any) -> Job:
+        """Take a job off its cluster: back to the queue (or cancelled), and with it an action that removes its copy
+        there, in one write, so a restart between the two can neither lose the removal nor run it twice."""
+        cancel = NewAction(f"cancel-stale:{job.id}:{job.attempts}", "cancel", job.cluster or "", now, job_id=job.id)
+        done = ()
+        if job.dispatch_key in self.state.intents and (dispatch_error is not None or dispatch_done):
+            done = (ActionDone(job.dispatch_key, now, ok=dispatch_error is None, error=dispatch_error or ""),)
+        if to == JobState.PENDING:
+            fields = dict(cluster=None, pool=None, gpu_type=None, dispatched_at=None, started_at=None) | fields
+        else:
+            fields = dict(finished_at=now) | fields
+        return self.move(job, to, now=now, message=message, kind=kind, intents=(cancel,), done=done, **fields)
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    def event(self, kind: str, message: str, *, now: float, job_id: str | None = None,
+              cluster: str | None = None) -> None:
+        self.journal.event(NewEvent(at=now, kind=kind, message=message, job_id=job_id, cluster=cluster))
+
+    def say_once(self, cluster: str, message: str, *, kind: str) -> None:
+        if (cluster, message) in self._said:
+            return
+        self._said.add((cluster, message))
+        log.warning("%s: %s", cluster, message)
+        self.event(kind, message, now=self.clock.now(), cluster=cluster)
+
+    # ---- actions ---------------------------------------------------------------------------------
+
+    def intend(self, kind: str, key: str, *, cluster: str, now: float, job_id: str | None = None,
+               pool: str | None = None, payload: dict[str, Any] | None = None) -> bool:
+        """Queue an intended action; False if one with this key is open already."""
+        if key in self.state.intents:
+            return False
+        self.journal.intend(NewAction(key, kind, cluster, now, job_id=job_id, pool=pool, payload=payload or {}))
+        return True
+
+    def perform(self, key: str, call: Callable[[], None]) -> ProviderError | None:
+        """Make an intended call. Done, or failed for good, is journaled; other errors leave it intended, so it is
+        made again (under the same key) next cycle."""
+        try:
+            call()
+        except ProviderError as e:
+            if e.kind in FINAL_ERRORS:
+                self.journal.done(key, at=self.clock.now(), ok=False, error=str(e))
+            return e
+        self.journal.done(key, at=self.clock.now())
+        return None
+
+    def scale(self, cluster: str, pool: str, desired: int, now: float, event: str) -> ProviderError | None:
+        """Set a pool's size: intended and committed first, then asked of the cloud."""
+        key = f"scale:{cluster}/{pool}:{desired}:{now:.3f}"
+        self.intend("scale", key, cluster=cluster, pool=pool, now=now, payload={"desired": desired})
+        self.commit()
+        err = self.perform(key, lambda: self.providers[cluster].scale_pool(pool, desired, key))
+        if err is None:
+            self.event("scale", event, now=now, cluster=cluster)
+        return err
+
+    def commit(self) -> set[str]:
+        """Write what the cycle queued so far; jobs another writer changed first count as a change."""
+        before = self.journal.commits
+        failed = self.journal.commit()
+        self.report.commits += self.journal.commits - before
+        if failed:
+            self.dirty = True
+        return failed
