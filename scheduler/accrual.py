@@ -36,9 +36,13 @@ class Accrual:
             now = state.observed_at
             cfg = ctx.config.cluster(name)
             if prev is None or prev is state:
+                h = ctx.state.cluster(name)
+                # first sight of a node: it bills from the last observation the store knows of (a node that came
+                # after a scale-up and before a restart), or from now
+                start = h.last_observed_at if h.last_observed_at is not None and h.last_observed_at < now else now
                 for n in state.nodes:
-                    if n.name not in marks:  # first sight of the node: its clock starts now
-                        ctx.journal.mark(name, n.name, now)
+                    if n.name not in marks:
+                        ctx.journal.mark(name, n.name, start)
                 gone = set(marks) - {n.name for n in state.nodes}
                 for n in gone:  # went while no one looked: its time since the mark cannot be known
                     ctx.journal.mark(name, n, None)
@@ -72,6 +76,27 @@ class Accrual:
             if h.accrued_until is None or due or force:
                 h.accrued_until = h.last_observed_at = now
                 ctx.journal.cluster(h)
+
+    def resized(self, cluster: str, pool: str, grow: bool) -> None:
+        """Before a pool is resized: a pool about to shrink has its nodes' time written up to this cycle's
+        observation, which is where a run that never stops bills a removed node to; before it grows, the store
+        learns this observation's time, from which its new nodes bill should the process die before it sees them."""
+        ctx = self.ctx
+        state = ctx.states.get(cluster)
+        if state is None:
+            return
+        h = ctx.state.cluster(cluster)
+        now = state.observed_at
+        if grow:
+            h.last_observed_at = now
+            ctx.journal.cluster(h)
+            return
+        marks = ctx.state.marks.setdefault(cluster, {})
+        due = {n.name: marks[n.name] for n in state.nodes if n.pool == pool and n.name in marks and marks[n.name] < now}
+        if due:
+            ctx.journal.ledger(ledger_entries(ctx.config.cluster(cluster), state, 0.0, now, self._jobs, due))
+            for n in due:
+                ctx.journal.mark(cluster, n, now)
 
     def flush(self) -> None:
         """Charge everything observed so far (at shutdown, or at the end of a replay)."""

@@ -85,6 +85,7 @@ class Actor:
             desired = min(ps.max_nodes, max(ps.nodes, ps.desired_nodes) + add)
             key = f"scale:{target_id}:{desired}:{now:.3f}"
             ctx.intend("scale", key, cluster=ref.cluster, pool=ref.pool, now=now, payload={"desired": desired})
+            ctx.on_resize(ref.cluster, ref.pool or "", True)
             scales.append((ref.cluster, ref.pool or "", desired, key))
         for d in plan.decisions:
             job = ctx.state.get(d.job_id)

@@ -126,6 +126,10 @@ class LoopConfig(_Model):
 
     interval_s: PositiveFloat = Field(default=30.0, description="seconds between cycles")
     solver_time_limit_s: PositiveFloat = Field(default=2.0, description="time the solver may take per cycle")
+    solver_work_limit: PositiveFloat | None = Field(
+        default=None, description="bound each decision by this much solver work (units of about a second) instead of "
+        "solver_time_limit_s: the same queue then always gets the same plan, however loaded the machine; replays "
+        "use it, production keeps the wall-clock limit")
     solver_bound: bool = Field(default=True, description="compute the LP bound each cycle, logged as the plan's "
                                "gap; replays turn it off to save time")
     unavailable_after: Annotated[int, Field(ge=1)] = Field(

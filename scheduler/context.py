@@ -56,6 +56,8 @@ class LoopContext:
         self.dirty = True  # something changed that is worth a new plan
         self.report = CycleReport(at=clock.now())
         self.states: dict[str, ClusterState] = {}  # this cycle's observations of the reachable clusters
+        # called before a pool is asked to grow (True) or shrink (False): the ledger writes what it must first
+        self.on_resize: Callable[[str, str, bool], None] = lambda _cluster, _pool, _grow: None
         self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
 
     # ---- job changes -----------------------------------------------------------------------------
@@ -124,9 +126,11 @@ class LoopContext:
         return None
 
     def scale(self, cluster: str, pool: str, desired: int, now: float, event: str) -> ProviderError | None:
-        """Set a pool's size: intended and committed first, then asked of the cloud."""
+        """Shrink a pool: intended and committed first (with the node time it billed so far), then asked of the
+        cloud."""
         key = f"scale:{cluster}/{pool}:{desired}:{now:.3f}"
         self.intend("scale", key, cluster=cluster, pool=pool, now=now, payload={"desired": desired})
+        self.on_resize(cluster, pool, False)
         self.commit()
         err = self.perform(key, lambda: self.providers[cluster].scale_pool(pool, desired, key))
         if err is None:

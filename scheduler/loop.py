@@ -55,6 +55,7 @@ class ControlLoop:
         self.health = Health(self.ctx, unavailable_after or config.loop.unavailable_after)
         self.sync = PassiveSync(self.ctx, self.health)
         self.accrual = Accrual(self.ctx)
+        self.ctx.on_resize = self.accrual.resized
         self.actor = Actor(self.ctx, self.health)
         self.scaledown = ScaleDown(self.ctx)
         # Re-plan at least this often while jobs wait, even when nothing changed. The simulator may set it
@@ -71,7 +72,11 @@ class ControlLoop:
 
     # ---- the cycle -------------------------------------------------------------------------------
 
-    def run_cycle(self) -> CycleReport:
+    def run_cycle(self, *, record: bool = True) -> CycleReport:
+        """One cycle. With `record` off, what the cycle changed after its last commit point (outcomes of what it
+        performed, what it folded in after acting) stays queued and goes out with the next cycle's first commit:
+        a replay, where nothing reads the store between cycles, saves a transaction a cycle. All of it can be
+        derived again from the clusters and the open intents, should the process die first."""
         ctx = self.ctx
         ctx.report = report = CycleReport(at=self.clock.now())
         if ctx.state.refresh(self.store):  # 0. refresh
@@ -93,7 +98,8 @@ class ControlLoop:
             self.actor.forget_gone()
         ctx.dirty = False
         self.scaledown.step(states)  # 7. scale down
-        ctx.commit()  # 8. record
+        if record:
+            ctx.commit()  # 8. record
         self.last_states = states
         return report
 

@@ -129,7 +129,8 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
             idle_h=policy.scale_down_idle_s / 3600.0,
             prefer_spot_for_checkpointable=policy.spot_for_checkpointable,
             spot_for_non_checkpointable=policy.spot_for_non_checkpointable,
-            time_limit_s=config.loop.solver_time_limit_s, compute_bound=config.loop.solver_bound,
+            time_limit_s=config.loop.solver_time_limit_s, work_limit=config.loop.solver_work_limit,
+            compute_bound=config.loop.solver_bound,
         ),
     )
     return problem, refs

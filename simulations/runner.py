@@ -76,7 +76,7 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
                                 ids=[a.job_id for a in batch] if all(a.job_id for a in batch) else None)
             loop.submitted(jobs)
             ids.extend(j.id for j in jobs)
-        report = loop.run_cycle()
+        report = loop.run_cycle(record=on_cycle is not None)  # a hook may read the store
         cycles += 1
         finished += report.finished
         if report.solved and report.plan is not None:
