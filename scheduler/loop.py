@@ -79,7 +79,7 @@ class ControlLoop:
         derived again from the clusters and the open intents, should the process die first."""
         ctx = self.ctx
         ctx.report = report = CycleReport(at=self.clock.now())
-        if ctx.state.refresh(self.store):  # 0. refresh
+        if ctx.state.refresh(self.store, ctx.journal.batch.jobs):  # 0. refresh
             ctx.dirty = True
         states = self.health.observe()  # 1. observe
         self.sync.fold(states)  # 2. sync

@@ -5,7 +5,7 @@ change (a submission, a cancel) is read back from the events they leave.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from scheduler.model import JobState
 from scheduler.store import Action, ClusterHealth, Job, PoolHealth, Store
@@ -87,13 +87,16 @@ class WorkingState:
 
     # ---- other writers ---------------------------------------------------------------------------
 
-    def refresh(self, store: Store) -> list[str]:
+    def refresh(self, store: Store, queued: Collection[str] = ()) -> list[str]:
         """Fold in what other writers did since the last look (a job submitted or cancelled by the CLI, a test's
         hand): one indexed read of the newest events, and a read of the jobs they name whose state differs from
-        memory. Returns the ids of the jobs that changed."""
+        memory. Jobs with changes of the loop's own still `queued` for the store are left to their compare-and-set,
+        which finds out whether someone else got there first. Returns the ids of the jobs that changed."""
         changes, self.event_mark = store.job_changes(self.event_mark)
         stale = []
         for job_id, to_state in changes.items():
+            if job_id in queued:
+                continue
             mine = self.jobs.get(job_id)
             if mine is None:
                 if not JobState(to_state).terminal:

@@ -51,7 +51,10 @@ class PassiveSync:
                 confirm_dispatch(ctx, job, now)
             elif status.phase == JobPhase.RUNNING and job.state in (JobState.DISPATCHING, JobState.DISPATCHED):
                 self._started(job, state, status, now)
-                ctx.dirty = True
+                # the plan that dispatched it expected it to start then: only a late start (it waited for a node)
+                # changes what the next plan would forecast
+                if (status.started_at or now) - (job.dispatched_at or now) > ctx.config.loop.interval_s:
+                    ctx.dirty = True
             elif (status.phase == JobPhase.FAILED and status.interrupted and job.state != JobState.CANCELLING
                   and self._requeue_interrupted(job, status, now)):
                 report.interrupted += 1
