@@ -72,8 +72,9 @@ class LoopContext:
         return self.journal.change(job, after, at=now, event=event, intents=intents, done=done)
 
     def set_reason(self, job: Job, reason: str, *, now: float, event_kind: str | None = None) -> Job:
+        """A waiting job's reason (and an event, when `event_kind` is given)."""
         event = NewEvent(at=now, kind=event_kind, message=reason, job_id=job.id) if event_kind else None
-        return self.journal.change(job, job.evolve(reason=reason), at=now, event=event)
+        return self.journal.reason(job, reason, at=now, event=event)
 
     def take_off_cluster(self, job: Job, now: float, message: str, *, kind: str = "state",
                          to: JobState = JobState.PENDING, dispatch_error: str | None = None,

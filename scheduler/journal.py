@@ -41,6 +41,21 @@ class Journal:
         self.state.put(after)
         return after
 
+    def reason(self, job: Job, reason: str, *, at: float, event: NewEvent | None = None) -> Job:
+        """A waiting job's new reason: no compare-and-set, the row is rewritten only if the job still waits."""
+        after = job.evolve(reason=reason)
+        w = self.batch.jobs.get(job.id)
+        if w is not None:  # changed otherwise too before the commit: the reason goes with that row
+            w.job = after
+            if event is not None:
+                w.events.append(event)
+        else:
+            self.batch.reasons[job.id] = (reason, at)
+            if event is not None:
+                self.batch.events.append(event)
+        self.state.put(after)
+        return after
+
     def event(self, event: NewEvent) -> None:
         self.batch.events.append(event)
 

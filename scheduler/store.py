@@ -375,10 +375,12 @@ class Batch:
     pools: dict[str, PoolHealth] = field(default_factory=dict)
     ledger: list[LedgerEntry] = field(default_factory=list)
     marks: dict[tuple[str, str], float | None] = field(default_factory=dict)  # (cluster, node) -> until; None: gone
+    # a waiting job's reason, rewritten only while it is still pending: job id -> (reason, at)
+    reasons: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.jobs or self.events or self.intents or self.done or self.clusters or self.pools
-                    or self.ledger or self.marks)
+                    or self.ledger or self.marks or self.reasons)
 
 
 @dataclass(frozen=True)
@@ -621,6 +623,9 @@ class Store:
             _MARK_UPSERT.many(conn, [dict(cluster=c, node=n, until=u) for (c, n), u in batch.marks.items()
                                      if u is not None])
             _MARK_DELETE.many(conn, [dict(c=c, n=n) for (c, n), u in batch.marks.items() if u is None])
+            _REASON.many(conn, [dict(r=r, at=at, id=jid, pending=JobState.PENDING.value)
+                                for jid, (r, at) in batch.reasons.items()
+                                if jid not in batch.jobs and jid not in failed])
         return failed
 
     @contextmanager
@@ -763,6 +768,8 @@ _EVENTS_AFTER = Compiled(select(_et.c.id, _et.c.job_id, _et.c.to_state).where(_e
                          .order_by(_et.c.id))
 _ACTION_DONE = Compiled(update(_at).where(_at.c.key == bindparam("k"))
                         .values(status=bindparam("st"), done_at=bindparam("at"), error=bindparam("err")))
+_REASON = Compiled(update(_jt).where(_jt.c.id == bindparam("id"), _jt.c.state == bindparam("pending"))
+                   .values(reason=bindparam("r"), updated_at=bindparam("at")))
 _ACTION_COLUMNS = ["key", "kind", "job_id", "cluster", "pool", "payload", "status", "created_at", "error"]
 
 
