@@ -31,6 +31,7 @@ from providers.contract import (
 from scheduler.model import JobSpec
 
 EPS = 1e-9
+_PENDING = JobPhase.PENDING.value
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,11 @@ class SimulatedCluster:
             self._events_gen = self._gen
         return self._events[1] if pools_only else self._events[0]
 
+    def stuck_since(self) -> float | None:
+        """Since when the longest-stuck job has been unschedulable here, if one is."""
+        return min((j.unschedulable_since for j in self._jobs.values()
+                    if j.unschedulable_since is not None and j.phase == _PENDING), default=None)
+
     def cordon(self, node: str) -> None:
         """Take a node out of scheduling (it keeps what runs on it), as `kubectl cordon` does."""
         self._cordoned.add(node)
@@ -331,7 +337,7 @@ class SimulatedCluster:
                 node.version += 1
 
     def _start_pending(self, t: float) -> None:
-        for job in sorted((j for j in self._jobs.values() if j.phase == JobPhase.PENDING.value),
+        for job in sorted((j for j in self._jobs.values() if j.phase == _PENDING),
                           key=lambda j: j.dispatched_at):
             spec = self._spec(job)
             chosen = self._fit(job, spec, t)

@@ -169,11 +169,10 @@ class ControlLoop:
     # ---- for the simulator: when is there something to do? ---------------------------------------
 
     def watching(self) -> bool:
-        """Does a change in any cluster matter now — jobs wait, or are on their way — or only one in cloud pools
-        (whose idle nodes are billed until they scale down)?"""
+        """Does a change in any cluster matter now — jobs wait, or an action is under way — or only one in cloud
+        pools (whose idle nodes are billed until they scale down)?"""
         st = self.ctx.state
-        return bool(st.intents) or bool(st.count(JobState.PENDING, JobState.DISPATCHING, JobState.DISPATCHED,
-                                                 JobState.CANCELLING))
+        return bool(st.intents) or bool(st.count(JobState.PENDING, JobState.DISPATCHING, JobState.CANCELLING))
 
     def next_wakeup(self) -> float | None:
         """The earliest time the loop has something to do of its own though nothing else changes: a plan's revisit

@@ -102,8 +102,9 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
 
 
 # When nothing waits, a job ending outside the cloud pools changes no decision: the loop records it at its next
-# cycle (with the cluster's exact end time), at the latest this long after it ended.
-RECORD_WITHIN_S = 3600.0
+# cycle (with the cluster's exact end time), at the latest this long after it ended — well within the simulated
+# cluster's 6 hours of keeping finished jobs, after which one would look lost.
+RECORD_WITHIN_S = 3 * 3600.0
 
 
 def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], now: float,
@@ -126,6 +127,9 @@ def _next_event(loop: ControlLoop, providers: dict[str, ClusterProvider], now: f
                 times.append(other + RECORD_WITHIN_S)
         if nxt is not None:
             times.append(nxt)
+        stuck = getattr(p, "stuck_since", lambda: None)()
+        if stuck is not None:  # the loop gives up on a job stuck in its cluster after the grace
+            times.append(stuck + loop.config.loop.unschedulable_grace_s)
     wake = loop.next_wakeup()
     if wake is not None:
         times.append(max(now, wake))
