@@ -33,10 +33,27 @@ class Compiled:
         """Run for every row (dicts keyed by bind name); the rows changed, in all."""
         if not rows:
             return 0
-        sql, order = self._for(conn)
+        _, order = self._for(conn)
         params = list(map(itemgetter(*order), rows)) if order is not None else list(rows)
         if order is not None and len(order) == 1:
             params = [(p,) for p in params]
+        return self._run(conn, params)
+
+    def many_tuples(self, conn: Connection, names: Sequence[str], rows: Sequence[tuple]) -> int:
+        """`many` for rows given as tuples of `names`, reordered to the dialect's parameter order: no dict is built
+        per row."""
+        if not rows:
+            return 0
+        _, order = self._for(conn)
+        if order is None:
+            return self.many(conn, [dict(zip(names, r)) for r in rows])
+        if tuple(order) == tuple(names):
+            return self._run(conn, list(rows))
+        pick = itemgetter(*(list(names).index(k) for k in order))
+        return self._run(conn, list(map(pick, rows)))
+
+    def _run(self, conn: Connection, params: list) -> int:
+        sql, _ = self._for(conn)
         cur = conn.connection.dbapi_connection.cursor()
         try:
             if len(params) == 1:

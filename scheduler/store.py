@@ -619,7 +619,7 @@ class Store:
                                      for d in done])
             _CLUSTER_UPSERT.many(conn, [c.row() for c in batch.clusters.values()])
             _POOL_UPSERT.many(conn, [p.row() for p in batch.pools.values()])
-            _LEDGER_UPSERT.many(conn, _ledger_rows(batch.ledger))
+            _LEDGER_UPSERT.many_tuples(conn, LedgerEntry._fields, _ledger_rows(batch.ledger))
             _MARK_UPSERT.many(conn, [dict(cluster=c, node=n, until=u) for (c, n), u in batch.marks.items()
                                      if u is not None])
             _MARK_DELETE.many(conn, [dict(c=c, n=n) for (c, n), u in batch.marks.items() if u is None])
@@ -813,19 +813,19 @@ def _job_params(w: JobWrite) -> dict[str, Any]:
             "b_updated_at": w.at}
 
 
-def _ledger_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
-    """Entries summed by (bucket, node, job): one row each, as the ledger's unique key wants."""
-    rows: dict[tuple[float, str, str], dict[str, Any]] = {}
+def _ledger_rows(entries: Iterable[LedgerEntry]) -> list[tuple]:
+    """Entries summed by (bucket, node, job): one row each (LedgerEntry's fields), as the ledger's unique key wants."""
+    rows: dict[tuple[float, str, str], list] = {}
     for e in entries:
         key = (e.bucket, e.node, e.job_id)
         row = rows.get(key)
         if row is None:
-            rows[key] = e._asdict()
+            rows[key] = list(e)
         else:
-            row["gpu_hours"] += e.gpu_hours
-            row["node_hours"] += e.node_hours
-            row["usd"] += e.usd
-    return list(rows.values())
+            row[4] += e.node_hours
+            row[5] += e.gpu_hours
+            row[6] += e.usd
+    return [tuple(r) for r in rows.values()]
 
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
