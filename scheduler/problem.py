@@ -64,6 +64,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
             continue
         nodes = _nodes_after_in_flight(state.nodes, in_flight.get(cluster.name, []), snap.now)
         if isinstance(cluster, OnPremCluster):
+            releases = _releases(running_by_cluster.get(cluster.name, []), snap.now, config)
             groups: dict[tuple[str, int], list[NodeInfo]] = defaultdict(list)
             for n in state.nodes:
                 if n.ready:
@@ -80,8 +81,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
                     price_per_node_h=0.0 if policy.onprem_first else cluster.gpu_hour_cost * gpn,
                     nodes=tuple(nodes[m.name] for m in members if m.name in nodes),
                     speed=config.speed(gpu_type),
-                    releases=tuple(r for r in _releases(running_by_cluster.get(cluster.name, []), snap.now, config)
-                                   if r.node in names),
+                    releases=tuple(r for r in releases if r.node in names),
                     label=tid,
                 ))
         else:
@@ -162,13 +162,14 @@ def _running_by_cluster(snap: Snapshot) -> dict[str, list[tuple[Job, tuple[str, 
 def _releases(running: list[tuple[Job, tuple[str, ...], float]], now: float,
               config: SpilloverConfig) -> list[Release]:
     out = []
+    speeds = config.gpu_speeds
     for job, nodes, started_at in running:
-        speed = config.speed(job.gpu_type) if job.gpu_type else 1.0
-        end = started_at + job.spec.estimated_runtime_s / speed
-        at_h = max(OVERDUE_GRACE_H, (end - now) / 3600.0)
+        spec = job.spec
+        speed = speeds.get(job.gpu_type, 1.0) if job.gpu_type else 1.0
+        at_h = max(OVERDUE_GRACE_H, (started_at + spec.estimated_runtime_s / speed - now) / 3600.0)
+        gpus, cpu, mem = spec.gpus, spec.cpu, spec.memory_gib
         for n in nodes:
-            out.append(Release(at_h=at_h, node=n, gpus=job.spec.gpus, cpu=job.spec.cpu,
-                               memory_gib=job.spec.memory_gib))
+            out.append(Release(at_h, n, gpus, cpu, mem))
     return out
 
 
@@ -202,6 +203,5 @@ def _nodes_after_in_flight(observed: tuple[NodeInfo, ...], in_flight: list[Job],
         if n.ready_at is None and not n.ready:
             continue  # a node that is neither ready nor coming up (e.g. NotReady) takes no work
         ready_in_h = 0.0 if n.ready else max(0.0, (n.ready_at - now) / 3600.0)
-        out[name] = Node(name=name, free_gpus=max(0, int(g)), free_cpu=max(0.0, c), free_memory_gib=max(0.0, m),
-                         ready_in_h=ready_in_h, idle=idle)
+        out[name] = Node(name, max(0, int(g)), max(0.0, c), max(0.0, m), ready_in_h, idle)
     return out
