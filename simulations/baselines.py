@@ -13,21 +13,23 @@ it would have to know at submission that the job will time out; the variants are
 the loop runs. On-prem scheduling and cloud GPU-hours are those of the plain rule.
 
 The on-prem queue runs first-in first-out with skipping (a head that does not fit does not stop smaller jobs
-behind it) or with EASY backfill (the first job that does not fit gets a reservation at its forecast start, and a
-job behind it starts now only if that does not push the reservation back). Node fit, node names and new cloud
-nodes go through the same ledger as Spillover's own solvers, so the only difference is the decision rule.
+behind it) or with EASY backfill as the Starburst simulator runs it (skyburst/cluster.py `try_reserve`,
+`try_fit_v2`): each plan, the first job that neither starts nor holds a reservation gets one, on the nodes where
+it could start first, if that start comes before its wait budget runs out (a job that would time out first gets
+none and holds nobody back); a reservation is kept from plan to plan, and a job holding one no longer bursts; a
+job starts now only on a node where it leaves every reservation its GPUs. Node fit, node names and new cloud nodes
+go through the same ledger as Spillover's own solvers, so the only difference is the decision rule.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
 from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.forecast import ForecastState
 from placement.ledger import Ledger, Option
 from placement.order import queue_order
 from placement.types import Action, Decision, JobDemand, PlacementProblem, Plan, Target
@@ -73,37 +75,175 @@ def rule(policy: str, *, wait_h: float = 1.0, k: float = 0.1) -> BurstRule:
 
 
 def baseline_solver(burst: BurstRule, queue: Queue = "fifo") -> Callable[[PlacementProblem], Plan]:
-    """A solver for the loop that applies `burst` with the on-prem queue run FIFO-with-skipping or EASY."""
+    """A solver for the loop that applies `burst` with the on-prem queue run FIFO-with-skipping or EASY. The
+    solver keeps its EASY reservations between calls: use one per replay."""
+    held: dict[str, Reservation] = {}  # by job id, in the order they were made
 
     def solve(problem: PlacementProblem) -> Plan:
-        return _plan(problem, burst, queue)
+        return _plan(problem, burst, queue, held)
 
     solve.__name__ = f"{burst.name} ({queue})"
     return solve
 
 
-def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue) -> Plan:
+@dataclass(frozen=True)
+class Reservation:
+    """On-prem nodes held for a waiting job, from plan to plan, as Starburst's EASY backfill holds GPUs."""
+
+    target: str
+    nodes: tuple[str, ...]
+    gpus: int  # per node
+    due_wait_h: float  # the job is due to start when it has waited this long
+    runtime_h: float
+
+
+class _Holds:
+    """Free GPUs of each on-prem node over the coming hours: free now, plus the running jobs' releases, minus what
+    this plan starts and what reservations hold, as steps in time."""
+
+    def __init__(self, problem: PlacementProblem) -> None:
+        self.free: dict[tuple[str, str], int] = {}
+        self.steps: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+        for t in problem.targets:
+            if t.kind != "onprem":
+                continue
+            for n in t.nodes:
+                self.free[(t.id, n.name)] = n.free_gpus
+            for r in t.releases:
+                self.free.setdefault((t.id, r.node), 0)
+                # a job past its expected end still holds its GPUs now; it frees them at the first moment after
+                self.steps[(t.id, r.node)].append((max(r.at_h, EPS), r.gpus))
+
+    def hold(self, key: tuple[str, str], gpus: int, start: float, end: float, sign: int = 1) -> None:
+        self.steps[key] += [(start, -sign * gpus), (end, sign * gpus)]
+
+    def low(self, key: tuple[str, str], start: float, end: float) -> int:
+        """The fewest GPUs free on the node at any time in [start, end)."""
+        steps = sorted(self.steps[key])
+        level = self.free.get(key, 0) + sum(d for t, d in steps if t <= start + EPS)
+        least = level
+        for t, d in steps:
+            if start + EPS < t < end - EPS:
+                level += d
+                least = min(least, level)
+        return least
+
+    def times(self, tid: str) -> list[float]:
+        return sorted({0.0} | {t for (tt, _), steps in self.steps.items() if tt == tid for t, _ in steps if t > 0})
+
+
+def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[str, Reservation]) -> Plan:
     t0 = time.perf_counter()
     ledger = Ledger(problem)
+    jobs = problem.jobs
     targets = problem.targets
+    by_id = {t.id: t for t in targets}
     onprem = [ti for ti, t in enumerate(targets) if t.kind == "onprem"]
     cloud = [ti for ti, t in enumerate(targets) if t.kind == "cloud"]
-    # what runs on-prem (now or already), without the EASY reservation: the base a backfill is checked on
-    base = ForecastState(targets, problem.policy)
-    head: tuple[int, float] | None = None  # EASY: (job index, reserved start) of the first job that waits
+    index = {j.id: i for i, j in enumerate(jobs)}
+    for jid in [jid for jid in held if jid not in index or queue != "easy"]:  # started, or gone
+        del held[jid]
+    holds = _Holds(problem)
+    windows: dict[str, tuple[float, float]] = {}  # when each reservation holds its nodes, in hours from now
+    for jid, r in held.items():
+        start = r.due_wait_h - jobs[index[jid]].waited_h
+        if start < EPS:
+            # overdue (a job on its nodes runs late, or the loop saw its end a tick late): it holds them from
+            # when they have room
+            start = next((at for at in holds.times(r.target) if all(
+                holds.low((r.target, n), at, at + r.runtime_h) >= r.gpus for n in r.nodes)), 0.0)
+        windows[jid] = (start, start + r.runtime_h)
+        for n in r.nodes:
+            holds.hold((r.target, n), r.gpus, *windows[jid])
+
+    def per_node(job: JobDemand, t: Target) -> int:
+        return t.gpus_per_node if job.nodes > 1 else job.gpus  # a gang's replica takes its node whole
+
+    def leaves_reservations(i: int, opt: Option) -> bool:
+        """Does starting job `i` now as `opt` says leave every reservation (but its own) its GPUs?"""
+        job, t = jobs[i], targets[opt.target]
+        own = held.get(job.id)
+        if own is not None:
+            for n in own.nodes:
+                holds.hold((own.target, n), own.gpus, *windows[job.id], sign=-1)
+        ok = all(holds.low((t.id, n), 0.0, job.runtime_h / t.speed) >= per_node(job, t) for n in opt.nodes)
+        if own is not None:
+            for n in own.nodes:
+                holds.hold((own.target, n), own.gpus, *windows[job.id])
+        return ok
+
+    def start_now(i: int) -> Option | None:
+        """Where job `i` may start on-prem now: the ledger's choice, or, under EASY, a node (its reserved one
+        first, then the tightest) that leaves every reservation its GPUs."""
+        opt = _cheapest(ledger, i, onprem, now_only=True)
+        if opt is None or queue == "fifo" or (leaves_reservations(i, opt) and jobs[i].id not in held):
+            return opt
+        job = jobs[i]
+        if job.nodes > 1:
+            return opt if leaves_reservations(i, opt) else None
+        own = held.get(job.id)
+        slots = [s for (ti, name), s in ledger.slots.items() if ti == opt.target and not s.new and not s.whole
+                 and s.ready <= EPS and s.g >= job.gpus and s.c >= job.cpu - EPS and s.m >= job.memory_gib - EPS]
+        slots.sort(key=lambda s: (own is None or s.name not in own.nodes, s.g, s.name))
+        for s in slots:
+            alt = Option(opt.target, (s.name,), 0, 0.0, opt.cost)
+            if leaves_reservations(i, alt):
+                return alt
+        return None
+
+    def reserve(i: int, within_h: float | None) -> Reservation | None:
+        """Starburst's try_reserve: the nodes where job `i` could start first, given what runs and what is
+        reserved, if it could start there within `within_h` hours (None: ever)."""
+        job = jobs[i]
+        best: tuple[float, Target, tuple[str, ...]] | None = None
+        for ti in onprem:
+            t = targets[ti]
+            if ti not in ledger.feasible_targets(i):
+                continue
+            run_h = job.runtime_h / t.speed
+            need = per_node(job, t)
+            names = [n for (tid, n) in holds.free if tid == t.id]
+            for at in holds.times(t.id):
+                if (within_h is not None and at > within_h + EPS) or (best is not None and at >= best[0]):
+                    break
+                room = [n for n in names if holds.low((t.id, n), at, at + run_h) >= need]
+                if len(room) >= job.nodes:
+                    room.sort(key=lambda n: (holds.low((t.id, n), at, at + run_h), n))  # tightest first
+                    best = (at, t, tuple(room[:job.nodes]))
+                    break
+        if best is None:
+            return None
+        at, t, nodes = best
+        r = Reservation(t.id, nodes, per_node(job, t), job.waited_h + at, job.runtime_h / t.speed)
+        windows[job.id] = (at, at + r.runtime_h)
+        for n in nodes:
+            holds.hold((t.id, n), r.gpus, *windows[job.id])
+        return r
+
+    head_tried = False  # EASY: one new reservation per plan, for the first job that neither starts nor holds one
     decisions: dict[int, Decision] = {}
     revisit: float | None = None
     total = 0.0
-    for i in queue_order(problem.jobs):
-        job = problem.jobs[i]
-        here = _cheapest(ledger, i, onprem, now_only=True)
-        if here is not None and (queue == "fifo" or head is None or _keeps_reservation(base, job, here, head,
-                                                                                        problem)):
+    for i in queue_order(jobs):
+        job = jobs[i]
+        here = start_now(i)
+        if here is not None:
             ledger.take(i, here)
-            base.consume_now(job, targets[here.target].id, ledger.binding[i][1])
-            decisions[i] = _run(i, targets[here.target], here, ledger, f"started on {targets[here.target].name} "
+            t = targets[here.target]
+            own = held.pop(job.id, None)
+            if own is not None:
+                for n in own.nodes:
+                    holds.hold((own.target, n), own.gpus, *windows.pop(job.id), sign=-1)
+            for n in ledger.binding[i][1]:
+                holds.hold((t.id, n), per_node(job, t), 0.0, job.runtime_h / t.speed)
+            decisions[i] = _run(i, t, here, ledger, f"started on {t.name} "
                                 f"({queue.upper() if queue == 'easy' else 'FIFO'} queue, it fits now)")
             total += decisions[i].cost
+            continue
+        if job.id in held:
+            due = held[job.id].due_wait_h - job.waited_h
+            decisions[i] = Decision(job.id, Action.WAIT, f"holds an on-prem reservation (EASY) in "
+                                    f"{max(0.0, due):.2f} h; waited {job.waited_h:.2f} h", cost=delay_cost(job, 0.0))
             continue
         budget = burst.budget_h(job)
         if budget is not None and job.waited_h >= budget - EPS:
@@ -115,18 +255,23 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue) -> Plan:
                                     f"{burst.name} {burst.describe(job)}")
                 total += decisions[i].cost
                 continue
+        if queue == "easy" and not head_tried:
+            head_tried = True
+            # as Starburst's try_reserve: no reservation for a job that would time out before it could start
+            r = reserve(i, None if budget is None else budget - job.waited_h)
+            if r is not None:
+                held[job.id] = r
+                decisions[i] = Decision(job.id, Action.WAIT, f"reserved on-prem (EASY) in "
+                                        f"{r.due_wait_h - job.waited_h:.2f} h on {', '.join(r.nodes)}; waited "
+                                        f"{job.waited_h:.2f} h", cost=delay_cost(job, 0.0))
+                continue
         if budget is not None and job.waited_h < budget - EPS:
             due = budget - job.waited_h
             revisit = due if revisit is None else min(revisit, due)
-        if queue == "easy" and head is None:
-            fc = base.earliest(job)
-            if fc.target is not None:
-                head = (i, fc.start_h)
         why = (f"waiting for on-prem ({burst.name} {burst.describe(job)}; waited {job.waited_h:.2f} h)"
                if budget is not None else f"waiting for on-prem ({burst.name})")
         decisions[i] = Decision(job.id, Action.WAIT, why, cost=delay_cost(job, 0.0))
     new_nodes = ledger.new_nodes()
-    by_id = {t.id: t for t in targets}
     total += sum(n * new_node_cost(by_id[tid], problem.policy) for tid, n in new_nodes.items())
     return Plan(decisions=tuple(_renamed(decisions, ledger, problem)), new_nodes=new_nodes, objective=total,
                 lower_bound=None, solver="baseline", status=f"{burst.name}, {queue}",
@@ -148,15 +293,6 @@ def _cheapest(ledger: Ledger, i: int, among: list[int], *, now_only: bool) -> Op
         if key is None or k < key:
             best, key = opt, k
     return best
-
-
-def _keeps_reservation(base: ForecastState, job: JobDemand, opt: Option, head: tuple[int, float],
-                       problem: PlacementProblem) -> bool:
-    """EASY backfill: may `job` start now without delaying the reserved head of the queue?"""
-    head_job = problem.jobs[head[0]]
-    trial = copy.deepcopy(base)
-    trial.consume_now(job, problem.targets[opt.target].id, opt.nodes)
-    return trial.earliest(head_job).start_h <= head[1] + 1e-6
 
 
 def _run(i: int, target: Target, opt: Option, ledger: Ledger, reason: str) -> Decision:

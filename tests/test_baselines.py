@@ -82,6 +82,40 @@ def test_easy_backfill_admits_only_jobs_that_do_not_delay_the_heads_reservation(
     assert plan("onprem-only", [head, short], [target], queue="easy").decision("short").action is Action.START
 
 
+def test_easy_reserves_no_head_that_would_time_out_first_and_lets_the_queue_behind_it_run():
+    # the head's on-prem start is 1 h away: with k=1 it may wait 16 h and is reserved; with k=0.01 it may wait
+    # 0.16 h and would time out first, so, as in Starburst's try_reserve, it gets no reservation
+    target = onprem([4], releases=(Release(1.0, "n0", 4, 0, 0),))
+    head = job("head", 8, waited_h=0.1)
+    long = job("long", 4, runtime_h=5.0, waited_h=0.05)
+    patient = plan("compute-wait", [head, long], [target, cloud()], queue="easy", k=1.0)
+    assert "reserved on-prem (EASY) in 1.00 h" in patient.decision("head").reason
+    assert patient.decision("long").action is Action.WAIT
+    hasty = plan("compute-wait", [head, long], [target, cloud()], queue="easy", k=0.01)
+    assert hasty.decision("head").action is Action.WAIT and "reserved" not in hasty.decision("head").reason
+    assert hasty.decision("long").action is Action.START
+
+
+def test_easy_reservations_are_kept_between_plans_and_a_reserved_job_does_not_burst():
+    # budgets: 0.1 x 8 GPUs x 2 h = 1.6 h for head and next, 16 h for third
+    solve = baseline_solver(rule("compute-wait", k=0.1), "easy")  # one solver, as one replay uses it
+    first = solve(PlacementProblem((job("head", 8), job("next", 8)),
+                                   (onprem([4], releases=(Release(1.0, "n0", 4, 0, 0),)), cloud())))
+    assert "reserved on-prem (EASY) in 1.00 h" in first.decision("head").reason
+    assert first.decision("next").action is Action.WAIT and "reserved" not in first.decision("next").reason
+    # 1.7 h later the node is still not free (its job runs late): past their budgets, head keeps its reservation
+    # and next bursts; third, the first job without one, gets the next reservation, behind head's
+    later = (onprem([4], releases=(Release(0.5, "n0", 4, 0, 0),)), cloud())
+    jobs = (job("head", 8, waited_h=1.7), job("next", 8, waited_h=1.7), job("third", 8, 20.0, waited_h=1.0))
+    second = solve(PlacementProblem(jobs, later))
+    assert second.decision("head").action is Action.WAIT
+    assert "holds an on-prem reservation" in second.decision("head").reason
+    assert second.decision("next").action is Action.BURST
+    assert "reserved on-prem (EASY) in 2.50 h" in second.decision("third").reason
+    # a solver without that memory bursts head
+    assert plan("compute-wait", jobs, later, queue="easy", k=0.1).decision("head").action is Action.BURST
+
+
 def test_an_unknown_baseline_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="valid: no-wait, constant-wait, compute-wait, onprem-only"):
         rule("always-burst")
