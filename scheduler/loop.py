@@ -30,10 +30,10 @@ from scheduler.clock import Clock
 from scheduler.config import CloudCluster, SpilloverConfig
 from scheduler.context import ACTIVE, CycleReport, LoopContext, log
 from scheduler.health import Health, summarize_signals
-from scheduler.model import JobState
+from scheduler.model import JobSpec, JobState
 from scheduler.problem import Snapshot, build_problem
 from scheduler.scaledown import ScaleDown
-from scheduler.store import Job, Store
+from scheduler.store import Job, Store, new_jobs
 from scheduler.sync import PassiveSync
 
 __all__ = ["ACTIVE", "ControlLoop", "CycleReport", "RESOLVE_EVERY_S", "summarize_signals"]
@@ -165,6 +165,17 @@ class ControlLoop:
         """Jobs this process has just written to the store: known at once, without reading them back."""
         for j in jobs:
             self.ctx.state.put(j)
+
+    def submit(self, specs: Iterable[JobSpec], *, now: float, teams: dict[str, str] | None = None,
+               ids: Iterable[str] | None = None) -> list[Job]:
+        """Queue jobs through the loop itself: they are written with its next commit, in the transaction that
+        dispatches them. For a submitter in the loop's own process that needs no acknowledgement before then, such
+        as a replay; everyone else submits through the store (`spillover submit`, the API)."""
+        made = new_jobs(specs, now=now, teams=teams, ids=ids)
+        self.ctx.journal.batch.new_jobs.extend(made)
+        for job, _ in made:
+            self.ctx.state.put(job)
+        return [j for j, _ in made]
 
     # ---- for the simulator: when is there something to do? ---------------------------------------
 

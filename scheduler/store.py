@@ -378,9 +378,11 @@ class Batch:
     # a waiting job's reason, rewritten only while it is still pending: job id -> (reason, at)
     reasons: dict[str, tuple[str, float]] = field(default_factory=dict)
 
+    new_jobs: list[tuple[Job, NewEvent]] = field(default_factory=list)  # submitted through the loop
+
     def __bool__(self) -> bool:
         return bool(self.jobs or self.events or self.intents or self.done or self.clusters or self.pools
-                    or self.ledger or self.marks or self.reasons)
+                    or self.ledger or self.marks or self.reasons or self.new_jobs)
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,24 @@ class WorkingSet:
     pools: dict[str, PoolHealth]
     event_mark: int
     marks: dict[str, dict[str, float]]  # cluster -> node -> how far its time is in the ledger
+
+
+def new_jobs(specs: Iterable[JobSpec], *, now: float, teams: dict[str, str] | None = None,
+             ids: Iterable[str] | None = None) -> list[tuple[Job, NewEvent]]:
+    """Queued jobs for these specs, each with its "submitted" event, not yet written."""
+    specs = list(specs)
+    id_list = list(ids) if ids is not None else [new_job_id(s.name) for s in specs]
+    teams = teams or {}
+    out = []
+    for spec, jid in zip(specs, id_list, strict=True):
+        job = Job(jid, spec.name, spec.queue, teams.get(spec.queue, spec.queue), spec.model_dump_json(),
+                  spec.total_gpus, spec.priority, JobState.PENDING, None, None, None, "queued", 0, now, None, None,
+                  None)
+        job.__dict__["spec"] = spec
+        out.append((job, NewEvent(now, "submitted", f"submitted to queue {spec.queue}: {spec.total_gpus} GPU(s), "
+                                  f"estimated {spec.estimated_runtime_s / 3600:.2f} h", job_id=jid,
+                                  to_state=JobState.PENDING.value)))
+    return out
 
 
 def new_job_id(name: str) -> str:
@@ -448,27 +468,11 @@ class Store:
     def submit(self, specs: Iterable[JobSpec], *, now: float, teams: dict[str, str] | None = None,
                ids: Iterable[str] | None = None) -> list[Job]:
         """Add jobs to the queue in one transaction: all are stored or none is."""
-        specs = list(specs)
-        id_list = list(ids) if ids is not None else [new_job_id(s.name) for s in specs]
-        teams = teams or {}
-        jobs = [Job(jid, spec.name, spec.queue, teams.get(spec.queue, spec.queue), spec.model_dump_json(),
-                    spec.total_gpus, spec.priority, JobState.PENDING, None, None, None, "queued", 0, now, None, None,
-                    None) for spec, jid in zip(specs, id_list, strict=True)]
-        if not jobs:
-            return []
-        with self._write() as conn:
-            _JOB_INSERT.many(conn, [
-                dict(id=j.id, name=j.name, queue=j.queue, team=j.team, spec=j.spec_json, gpus=j.gpus,
-                     priority=j.priority, state=j.state.value, cluster=None, pool=None, gpu_type=None,
-                     reason=j.reason, attempts=0, submitted_at=now, dispatched_at=None, started_at=None,
-                     finished_at=None, updated_at=now, interruptions=0, avoid="{}") for j in jobs])
-            _EVENT_INSERT.many(conn, [
-                dict(at=now, job_id=j.id, cluster=None, kind="submitted", from_state=None,
-                     to_state=JobState.PENDING.value, message=f"submitted to queue {spec.queue}: {spec.total_gpus} "
-                     f"GPU(s), estimated {spec.estimated_runtime_s / 3600:.2f} h") for j, spec in zip(jobs, specs)])
-        for j, spec in zip(jobs, specs):
-            j.__dict__["spec"] = spec
-        return jobs
+        made = new_jobs(specs, now=now, teams=teams, ids=ids)
+        if made:
+            with self._write() as conn:
+                _insert_jobs(conn, made)
+        return [j for j, _ in made]
 
     def job(self, ref: str) -> Job:
         """A job by id, or by name (the newest with that name)."""
@@ -604,6 +608,7 @@ class Store:
         failed: set[str] = set()
         events, intents, done = list(batch.events), list(batch.intents), list(batch.done)
         with self._write() as conn:
+            _insert_jobs(conn, batch.new_jobs)
             for w in batch.jobs.values():
                 if _JOB_CAS.one(conn, _job_params(w)) != 1:
                     failed.add(w.job.id)
@@ -802,6 +807,18 @@ _mt = LedgerMarkRow.__table__
 _MARK_UPSERT = _upsert(_mt, ("cluster", "node"))
 _MARK_DELETE = Compiled(_mt.delete().where(_mt.c.cluster == bindparam("c"), _mt.c.node == bindparam("n")))
 _LEDGER_UPSERT = _upsert(LedgerRow.__table__, ("bucket", "node", "job_id"), accumulate=("gpu_hours", "node_hours", "usd"))
+
+
+def _insert_jobs(conn: Any, made: list[tuple[Job, NewEvent]]) -> None:
+    """Rows and "submitted" events of new jobs (the jobs before the events that point at them)."""
+    if not made:
+        return
+    _JOB_INSERT.many(conn, [
+        dict(id=j.id, name=j.name, queue=j.queue, team=j.team, spec=j.spec_json, gpus=j.gpus, priority=j.priority,
+             state=j.state.value, cluster=None, pool=None, gpu_type=None, reason=j.reason, attempts=0,
+             submitted_at=j.submitted_at, dispatched_at=None, started_at=None, finished_at=None,
+             updated_at=j.submitted_at, interruptions=0, avoid="{}") for j, _ in made])
+    _EVENT_INSERT.many(conn, [vars(e) for _, e in made])
 
 
 def _job_params(w: JobWrite) -> dict[str, Any]:

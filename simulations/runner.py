@@ -72,9 +72,8 @@ def run_simulation(config: SpilloverConfig, arrivals: list[Arrival], store: Stor
             batch.append(todo[i])
             i += 1
         if batch:
-            jobs = store.submit([a.spec for a in batch], now=now, teams=teams,
-                                ids=[a.job_id for a in batch] if all(a.job_id for a in batch) else None)
-            loop.submitted(jobs)
+            jobs = loop.submit([a.spec for a in batch], now=now, teams=teams,
+                               ids=[a.job_id for a in batch] if all(a.job_id for a in batch) else None)
             ids.extend(j.id for j in jobs)
         report = loop.run_cycle(record=on_cycle is not None)  # a hook may read the store
         cycles += 1
