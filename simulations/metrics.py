@@ -49,6 +49,8 @@ class RunMetrics:
     # strict, for the measured jobs' cloud GPU-hours: on-prem can give them at most its GPUs from the first measured
     # submission to this run's last completion
     lower_bound_measured_at_makespan: float = 0.0
+    # every arrival this much later than the workload says: the same jobs at another phase of the loop's tick
+    arrival_shift_s: float = 0.0
     wall_s: float = 0.0
     cycles: int = 0
     solves: int = 0

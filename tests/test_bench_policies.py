@@ -127,6 +127,19 @@ def test_the_reproduction_flags_rows_outside_three_percent():
     assert md.count("| no |") == 2
 
 
+def test_the_reproduction_compares_the_mean_over_the_ticks_phases():
+    peer = [PeerRow("compute-wait-hindsight", "easy", "k=0.04", "CW 0.04 exact", 13_525, 15.51)]
+    phases = [with_hindsight(run("compute-wait", 15.9, cloud, "k=0.04", queue="easy"), 15.6)
+              for cloud in (12_800, 13_400, 13_900)]
+    for shift, r in zip((0.0, 20.0, 40.0), phases):
+        r.arrival_shift_s = r.hindsight.arrival_shift_s = shift
+    (row,) = agreement(phases, peer)
+    assert row.phases == 3 and (row.ours_cloud_min, row.ours_cloud_max) == (12_800, 13_900)
+    assert row.ours_cloud_gpu_h == pytest.approx(13_366.67, abs=0.01) and row.within  # -1.2%; 12,800 alone is not
+    md = agreement_md([row], Peer("the peer", 2000, peer), SCENARIOS["starburst"], 2000, 1600)
+    assert "| 13,367 | -1.2% | 12,800–13,900 (3) |" in md
+
+
 def test_the_starburst_scenario_replays_exactly_the_peers_rows():
     peer = load_peer(PEER)
     s = SCENARIOS["starburst"]
