@@ -4,6 +4,7 @@
     python -m simulations.bench_placement --jobs 1000,10000 --targets 50 --runs 3 --work-limit 2
     python -m simulations.bench_placement --small 3000 [--seed 0]
     python -m simulations.bench_placement --jobs 1000 --targets 10 --detail
+    python -m simulations.bench_placement --replay-problems problems.pkl [--reference plans.json] [--work-limit 2]
 
 The instance: 2-3 on-prem clusters of 8-GPU nodes, mostly busy, whose running jobs end over the next hours;
 the other targets are cloud pools drawn from the bundled price catalog (several GPU types, on-demand and
@@ -14,6 +15,11 @@ separately, timed on its own; `--with-bound` also times `solve` computing it, as
 targets, on-prem load anywhere from idle to full), the common case of a replay that solves at every arrival
 and job end, and prints the mean time per solve. `--work-limit X` runs the same instances in the deterministic
 mode (`Policy.work_limit`, which replaces the time limit) and says whether a second solve gave the same plan.
+`--replay-problems PATH` solves every problem of a pickled `list[PlacementProblem]` (as captured from replays)
+twice, with the time limit and in the deterministic mode (`--work-limit`, default 2), without the LP bound as
+replays solve, and prints the CPU time per solve (mean, median, p90); with `--reference FILE` it compares every
+plan with the ones stored there (decisions, nodes, start times, new nodes, objective) and says how many differ,
+or stores them there when the file does not exist yet.
 It prints figures; it does not pass or fail.
 """
 
@@ -22,7 +28,9 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 import math
+import pickle
 import random
 import statistics
 import time
@@ -213,6 +221,72 @@ def bench_small(n: int, seed: int, with_bound: bool, work_limit: float | None = 
           f"worse than greedy: {worse}; check_plan violations: {bad}")
 
 
+def _plan_record(plan: Plan) -> dict:
+    """What a replay acts on (decisions with their nodes and start times, new nodes, objective), plus what it
+    only logs (reasons and costs, solver and status), in a form JSON keeps exactly (floats round-trip)."""
+    return {
+        "decisions": [[d.job_id, d.action.value, d.target, list(d.nodes), d.start_h, d.wait_target]
+                      for d in plan.decisions],
+        "new_nodes": dict(sorted(plan.new_nodes.items())),
+        "objective": plan.objective,
+        "reasons": [[d.reason, d.cost] for d in plan.decisions],
+        "tag": [plan.solver, plan.status],
+    }
+
+
+def _decides_alike(a: dict, b: dict) -> bool:
+    return (a["decisions"], a["new_nodes"], a["objective"]) == (b["decisions"], b["new_nodes"], b["objective"])
+
+
+def bench_replay(path: str, reference: str | None, work_limit: float) -> None:
+    with open(path, "rb") as f:
+        problems: list[PlacementProblem] = pickle.load(f)
+    modes: list[tuple[str, float | None]] = [("time limit", None), (f"work limit {work_limit:g}", work_limit)]
+    records: dict[str, list[dict]] = {}
+    print(f"{len(problems)} problems from {path}; LP bound skipped, as replays solve")
+    for name, limit in modes:
+        cpu: list[float] = []
+        wall = 0.0
+        by_status: dict[str, list[float]] = {}
+        out: list[dict] = []
+        for p in problems:
+            p = replace(p, policy=replace(_no_bound(p.policy), work_limit=limit))
+            t, c = time.perf_counter(), time.process_time()
+            plan = solve(p)
+            took = time.process_time() - c
+            wall += time.perf_counter() - t
+            cpu.append(took)
+            by_status.setdefault(f"{plan.solver} {plan.status}", []).append(took)
+            out.append(_plan_record(plan))
+        records[str(limit)] = out
+        cpu.sort()
+        print(f"{name:<14} CPU per solve: mean {1000 * statistics.fmean(cpu):.3f} ms, median "
+              f"{1000 * cpu[len(cpu) // 2]:.3f} ms, p90 {1000 * cpu[int(0.9 * len(cpu))]:.3f} ms, "
+              f"max {1000 * cpu[-1]:.1f} ms; total {sum(cpu):.2f} s CPU, {wall:.2f} s wall")
+        for status, ts in sorted(by_status.items(), key=lambda kv: -len(kv[1])):
+            print(f"  {status:<22} {len(ts):>5} solves, mean {1000 * statistics.fmean(ts):.3f} ms")
+    if reference is None:
+        return
+    ref_path = Path(reference)
+    if not ref_path.exists():
+        ref_path.write_text(json.dumps({"problems": path, "plans": records}))
+        print(f"plans stored in {reference} as the reference")
+        return
+    ref = json.loads(ref_path.read_text())["plans"]
+    for name, limit in modes:
+        mine, theirs = records[str(limit)], ref.get(str(limit))
+        if theirs is None or len(theirs) != len(mine):
+            print(f"{name:<14} the reference has no plans for this mode and file")
+            continue
+        differ = [k for k, (a, b) in enumerate(zip(mine, theirs)) if not _decides_alike(a, b)]
+        alike = [(a, b) for a, b in zip(mine, theirs) if _decides_alike(a, b)]
+        reasons = sum(1 for a, b in alike if a["reasons"] != b["reasons"])
+        tags = sum(1 for a, b in alike if a["tag"] != b["tag"])
+        print(f"{name:<14} plans that differ from {reference}: {len(differ)} of {len(mine)}"
+              + (f" (first: problem {differ[0]})" if differ else "")
+              + f"; deciding alike, {reasons} with other reasons or costs, {tags} with another solver or status")
+
+
 def bench_sizes(sizes: list[int], n_targets: int, seed: int, runs: int, time_limit: float, with_bound: bool,
                 work_limit: float | None = None) -> None:
     if work_limit is not None:
@@ -317,7 +391,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with-bound", action="store_true",
                     help="also time `solve` with the LP bound on (Policy.compute_bound), as the loop logs it; "
                          "with --small, solve with it on")
+    ap.add_argument("--replay-problems", metavar="PATH",
+                    help="solve every problem of this pickled list[PlacementProblem] in both modes instead")
+    ap.add_argument("--reference", metavar="FILE",
+                    help="with --replay-problems: compare the plans with this JSON file (written if missing)")
     args = ap.parse_args(argv)
+    if args.replay_problems:
+        bench_replay(args.replay_problems, args.reference, 2.0 if args.work_limit is None else args.work_limit)
+        return
     if args.small:
         bench_small(args.small, args.seed, args.with_bound, args.work_limit)
         return
