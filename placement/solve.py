@@ -1,4 +1,5 @@
-"""`solve`: the production entry point. Greedy first; a proof that it is optimal ends the search, otherwise
+"""`solve`: the production entry point. Greedy first; a proof that it is optimal ends the search (a bound it
+meets, or on short queues an enumeration showing that every other plan costs more, see sole.py), otherwise
 CP-SAT rounds (or, on huge queues, the LP search) with greedy as hint and floor, plus the LP bound.
 
 The whole decision keeps to `policy.time_limit_s`, or in the deterministic mode to `policy.work_limit` (see
@@ -14,8 +15,13 @@ from placement.bound import lp_bound
 from placement.certify import proven_optimal
 from placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
 from placement.greedy import greedy_settled
+from placement.sole import sole_optimum
 from placement.types import PlacementProblem, Plan
 from placement.work import glop_dtime
+
+# Whether a short queue whose greedy plan is provably the only optimal plan skips the search (which would return
+# that very plan, see sole.py); tests turn it off to compare with the full search.
+SOLE_OPTIMUM = True
 
 
 def solve(problem: PlacementProblem) -> Plan:
@@ -32,8 +38,9 @@ def solve(problem: PlacementProblem) -> Plan:
     # A short queue often needs no search: greedy's plan may be provably optimal. A huge one hardly ever.
     if problem.jobs and len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS:
         proof = proven_optimal(problem, greedy.objective)
-        if proof is not None:
-            # Every plan costs at least `proof`, which is the objective: no bound can be tighter.
+        if proof is not None or (SOLE_OPTIMUM and sole_optimum(problem, greedy)):
+            # Every plan costs at least the objective (the bound meets it, or every other plan costs more): no
+            # bound can be tighter. A plan that is the only optimum is also what the search would return.
             plan = greedy.tagged("optimal").plan
             return replace(plan, lower_bound=plan.objective if policy.compute_bound else None,
                            solve_s=time.perf_counter() - t0)
