@@ -123,7 +123,7 @@ class _Proof:
             self.starts.append(opts)
             self.cloud_min.append(cmin)
             self.cloud_sure.append(csure)
-            w = self._wait(i, self.base)[0]
+            w = self._alone(i)
             self.alone.append(w)
             self.least.append(min([w, cmin] + [c for _, _, c in opts]))
         # What a job that does not start on-prem pays at the least: its wait alone (no plan forecasts an earlier
@@ -156,6 +156,19 @@ class _Proof:
         if best_k < 0:
             return wait_cost(job, self.problem.policy.max_wait_h, None), -1, -1, 0.0
         return wait_cost(job, best_t, self.onprem_target[best_k]), best_k, best_n, best_t
+
+    def _alone(self, i: int) -> float:
+        """The least job i's wait costs in any plan: bookings only push fit times later, so on each on-prem
+        target it starts no earlier than with nothing booked (the forecast picks the earliest target, which
+        may be a dearer one, so the least is over all of them)."""
+        job = self.problem.jobs[i]
+        d = self.demand[i]
+        best = math.inf
+        for k in self.fc_targets[i]:
+            t = min((self._fit_of(node, d) for node in self.base[k]), default=INF)
+            if t != INF:
+                best = min(best, wait_cost(job, t, self.onprem_target[k]))
+        return best if best < math.inf else wait_cost(job, self.problem.policy.max_wait_h, None)
 
     def _booked(self, state: list[list[_FNode]], k: int, ni: int, i: int, start: float | None) -> list[list[_FNode]]:
         """`state` with job i booked on node ni of forecast target k from `start` (None: started now, as
