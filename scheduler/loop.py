@@ -31,7 +31,7 @@ from scheduler.config import CloudCluster, SpilloverConfig
 from scheduler.context import ACTIVE, CycleReport, LoopContext, log
 from scheduler.health import Health, summarize_signals
 from scheduler.model import JobSpec, JobState
-from scheduler.problem import Snapshot, build_problem
+from scheduler.problem import ProblemBuilder, Snapshot
 from scheduler.scaledown import ScaleDown
 from scheduler.store import Job, Store, new_jobs
 from scheduler.sync import PassiveSync
@@ -58,6 +58,7 @@ class ControlLoop:
         self.ctx.on_resize = self.accrual.resized
         self.actor = Actor(self.ctx, self.health)
         self.scaledown = ScaleDown(self.ctx)
+        self.problems = ProblemBuilder(config)
         # Re-plan at least this often while jobs wait, even when nothing changed. The simulator may set it
         # to infinity when runtimes are exact, since then time alone changes no decision but a plan's revisit.
         self.resolve_every_s = RESOLVE_EVERY_S
@@ -118,7 +119,7 @@ class ControlLoop:
         now = self.clock.now()
         snap = Snapshot(now=now, states=states, pending=pending, active=ctx.state.active(),
                         cooling_pools=self.health.cooling_pools(now), avoid=self._avoid_now(now, pending))
-        problem, refs = build_problem(self.config, snap)
+        problem, refs = self.problems.build(snap)
         plan = self.solver(problem)  # 5. decide
         report.solved, report.problem, report.plan = True, problem, plan
         self._last_solve_at = now

@@ -43,7 +43,21 @@ class Snapshot:
     avoid: dict[str, set[str]] = field(default_factory=dict)  # job id -> clusters it must not go to now
 
 
-def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementProblem, dict[str, TargetRef]]:
+class ProblemBuilder:
+    """`build_problem` for one loop, remembering the targets of cloud clusters whose observation did not change:
+    a replay builds tens of thousands of problems from clusters that mostly stay as they were."""
+
+    def __init__(self, config: SpilloverConfig) -> None:
+        self.config = config
+        self._cloud: dict[str, tuple[tuple, list[tuple[TargetRef, Target]]]] = {}
+
+    def build(self, snap: Snapshot) -> tuple[PlacementProblem, dict[str, TargetRef]]:
+        return build_problem(self.config, snap, self._cloud)
+
+
+def build_problem(config: SpilloverConfig, snap: Snapshot,
+                  cache: dict[str, tuple[tuple, list[tuple[TargetRef, Target]]]] | None = None
+                  ) -> tuple[PlacementProblem, dict[str, TargetRef]]:
     refs: dict[str, TargetRef] = {}
     targets: list[Target] = []
     policy = config.policy
@@ -62,7 +76,19 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
                     cloud_gpus_in_use += max(ps.nodes, ps.desired_nodes) * p.gpus_per_node
         if state is None:
             continue
-        nodes = _nodes_after_in_flight(state.nodes, in_flight.get(cluster.name, []), snap.now)
+        flying = in_flight.get(cluster.name, [])
+        if isinstance(cluster, CloudCluster) and cache is not None:
+            # the same observation (the very objects), the same jobs on their way, the same pools cooling off, no
+            # node booting (whose ready time counts from now): the same targets
+            key = (state.nodes, state.pools, tuple(j.id for j in flying),
+                   tuple(sorted(pid for pid in snap.cooling_pools if pid.startswith(cluster.name + "/"))))
+            hit = cache.get(cluster.name)
+            if hit is not None and len(hit[0]) == len(key) and all(a is b or a == b for a, b in zip(hit[0], key)):
+                for ref, target in hit[1]:
+                    refs[ref.target_id] = ref
+                    targets.append(target)
+                continue
+        nodes = _nodes_after_in_flight(state.nodes, flying, snap.now)
         if isinstance(cluster, OnPremCluster):
             releases = _releases(running_by_cluster.get(cluster.name, []), snap.now, config)
             groups: dict[tuple[str, int], list[NodeInfo]] = defaultdict(list)
@@ -89,6 +115,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
                 continue
             if allowed_regions and cluster.region not in allowed_regions:
                 continue
+            made: list[tuple[TargetRef, Target]] = []
             for p in cluster.pools:
                 pid = f"{cluster.name}/{p.name}"
                 if pid in snap.cooling_pools:
@@ -110,6 +137,9 @@ def build_problem(config: SpilloverConfig, snap: Snapshot) -> tuple[PlacementPro
                     cloud=getattr(cluster.cloud, "value", cluster.cloud), region=cluster.region,
                     label=f"{pid} ({p.instance_type}{', spot' if p.spot else ''})",
                 ))
+                made.append((refs[pid], targets[-1]))
+            if cache is not None and all(n.ready or n.ready_at is None for n in state.nodes):
+                cache[cluster.name] = (key, made)
 
     jobs = tuple(
         JobDemand(
