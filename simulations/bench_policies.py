@@ -203,7 +203,13 @@ def summary_md(results: list[RunMetrics], verdicts: list[dict], s: Scenario, job
              "| policy | queue | setting | cloud GPU-h | all: cloud GPU-h | cloud $ (all) | avg JCT h | all: avg JCT h "
              "| p50 | p90 | p99 | avg wait h | p90 wait | on-prem util | wall s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(results, key=lambda r: (r.policy, r.queue, r.jct_avg_h)):
+    # a setting's phases together, settings in the order of their fastest phase
+    fastest: dict[tuple[str, str, str], float] = {}
+    for r in results:
+        key = (r.policy, r.queue, r.setting)
+        fastest[key] = min(fastest.get(key, r.jct_avg_h), r.jct_avg_h)
+    for r in sorted(results, key=lambda r: (r.policy, r.queue, fastest[(r.policy, r.queue, r.setting)], r.setting,
+                                            r.arrival_shift_s)):
         shifted = f" (arrivals +{r.arrival_shift_s:g} s)" if r.arrival_shift_s else ""
         lines.append(f"| {LABELS.get(r.policy, r.policy)} | {r.queue} | {r.setting}{shifted} | "
                      f"{r.cloud_gpu_hours_measured:,.0f} | {r.cloud_gpu_hours:,.0f} | {r.cloud_usd:,.0f} | "
@@ -323,15 +329,16 @@ def report(out: Path, s: Scenario, results: list[RunMetrics]) -> None:
     jobs = results[0].jobs
     title = (f"{s.workload}: {jobs:,} jobs, {s.onprem_nodes * 8} on-prem GPUs, cloud at one price"
              + (f", estimates +-{s.estimate_error:.0%}" if s.estimate_error else "") + "; measured window")
-    write_results(out, results, title=title)
+    peer = load_peer(s.peer) if s.peer is not None else None
+    marks = [(p.jct_avg_h, p.cloud_gpu_hours) for p in peer.rows] if peer is not None else []
+    write_results(out, results, title=title, marks=marks, marks_label="Starburst simulator (its own code)")
     verdicts = [check(results, s, name) for name in ("spillover", "spillover-job")
                 if any(r.policy == name for r in results)]
     if verdicts:
         (out / "targets.json").write_text(json.dumps(verdicts, indent=2) + "\n")
     (out / "summary.md").write_text(summary_md(results, verdicts, s, jobs))
     print(summary_md(results, verdicts, s, jobs))
-    if s.peer is not None:
-        peer = load_peer(s.peer)
+    if peer is not None:
         rows = agreement(results, peer.rows)
         (out / "reproduction.json").write_text(json.dumps(
             {"peer": peer.source, "peer_jobs": peer.jobs, "jobs": jobs, "tolerance": PEER_TOLERANCE,

@@ -178,7 +178,8 @@ def _horizon_s(replay: Replay) -> float:
     return last + sum(replay.true_runtime_s.values()) + 86400.0
 
 
-def write_results(out: Path, results: Sequence[RunMetrics], *, title: str) -> list[Path]:
+def write_results(out: Path, results: Sequence[RunMetrics], *, title: str,
+                  marks: Sequence[tuple[float, float]] = (), marks_label: str = "") -> list[Path]:
     """results.json, results.csv and pareto.png in `out`; hindsight variants are rows of their own."""
     out.mkdir(parents=True, exist_ok=True)
     results = with_hindsight(results)
@@ -191,13 +192,14 @@ def write_results(out: Path, results: Sequence[RunMetrics], *, title: str) -> li
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    pareto_plot(results, out / "pareto.png", title=title)
+    pareto_plot(results, out / "pareto.png", title=title, marks=marks, marks_label=marks_label)
     return [out / "results.json", out / "results.csv", out / "pareto.png"]
 
 
-def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> None:
+def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str,
+                marks: Sequence[tuple[float, float]] = (), marks_label: str = "") -> None:
     """Cloud GPU-hours against average JCT over the measured window, one curve per policy (and queue discipline);
-    hindsight variants are drawn dotted."""
+    hindsight variants are drawn dotted. `marks` are (JCT, cloud GPU-hours) points of another source."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,12 +223,22 @@ def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str) -> Non
         if right is not None and rs[0].policy == "onprem-only" and rs[0].jct_avg_h > 1.5 * right:
             ax.plot([], [], marker, color=color, label=f"{name}: {rs[0].jct_avg_h:,.1f} h, off the chart")
             continue
-        ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours_measured for r in rs], line, color=color,
-                marker=marker, lw=width, label=name)
+        # a setting replayed at several phases of the loop's tick: its replays faint, the curve through their mean
+        by_setting: dict[str, list[RunMetrics]] = {}
         for r in rs:
-            if r.setting:
-                ax.annotate(r.setting.split("=")[1], (r.jct_avg_h, r.cloud_gpu_hours_measured), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points", color=color)
+            by_setting.setdefault(r.setting, []).append(r)
+        if any(len(g) > 1 for g in by_setting.values()):
+            ax.plot([r.jct_avg_h for r in rs], [r.cloud_gpu_hours_measured for r in rs], marker, color=color,
+                    alpha=0.3, ms=4)
+        pts = sorted((sum(r.jct_avg_h for r in g) / len(g), sum(r.cloud_gpu_hours_measured for r in g) / len(g), s)
+                     for s, g in by_setting.items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], line, color=color, marker=marker, lw=width, label=name)
+        for x, y, setting in pts:
+            if setting:
+                ax.annotate(setting.split("=")[1], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                            color=color)
+    if marks:
+        ax.plot([m[0] for m in marks], [m[1] for m in marks], "x", color="black", ms=8, mew=1.5, label=marks_label)
     no_wait = [r for r in results if r.policy == "no-wait"]
     if no_wait:
         lb = max(r.lower_bound_measured_at_makespan for r in no_wait)
