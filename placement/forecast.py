@@ -202,13 +202,22 @@ class ForecastState:
         self._tpl = tpl
         self.policy = policy
         self.targets = tpl.targets
-        self._nodes: list[list[_FNode]] = [[n.copy() for n in nodes] for nodes in tpl.nodes]
+        # The template's nodes until one is booked on: then a copy of its own (`_own`); most stay untouched.
+        self._nodes: list[list[_FNode]] = [list(nodes) for nodes in tpl.nodes]
+        self._owned: list[list[bool]] = [[False] * len(nodes) for nodes in tpl.nodes]
         self._index = tpl.index
         self._target_index = tpl.target_index
         # demand -> per target: heap of (fit time, node, node version)
         self._heaps: dict[tuple[float, float, float], list[list[tuple[float, int, int]] | None]] = {}
         self._gang_heaps: dict[tuple[int, float, float, float], list[tuple[float, int, int]]] = {}
         self._feasible: dict[tuple, list[int]] = {}
+
+    def _own(self, ti: int, ni: int) -> _FNode:
+        """Node ni of on-prem target ti, to book on: this state's own copy, never the template's."""
+        if not self._owned[ti][ni]:
+            self._nodes[ti][ni] = self._nodes[ti][ni].copy()
+            self._owned[ti][ni] = True
+        return self._nodes[ti][ni]
 
     def duration(self, job: JobDemand, ti: int) -> float:
         return job.runtime_h / self.targets[ti].speed
@@ -223,7 +232,7 @@ class ForecastState:
             ni = self._index[ti].get(name)
             if ni is None:
                 continue
-            node = self._nodes[ti][ni]
+            node = self._own(ti, ni)
             if job.nodes > 1:
                 node.take_all(max(end, node.whole_at()))
             else:
@@ -298,7 +307,7 @@ class ForecastState:
             return
         end = s.start + self.duration(job, s.target)
         for ni in s.nodes:
-            node = self._nodes[s.target][ni]
+            node = self._own(s.target, ni)
             if job.nodes > 1:
                 node.take_all(end)
             else:
@@ -312,14 +321,14 @@ class ForecastState:
                 return Forecast(self.policy.max_wait_h, None)
             start, ti, ni = found
             t = self.targets[ti]
-            self._nodes[ti][ni].take(job.gpus, job.cpu, job.memory_gib, start, start + job.runtime_h / t.speed)
+            self._own(ti, ni).take(job.gpus, job.cpu, job.memory_gib, start, start + job.runtime_h / t.speed)
             return Forecast(start, t.id)
         s = self.best_spot(job)
         if s is None:
             return Forecast(self.policy.max_wait_h, None)
         end = s.start + self.duration(job, s.target)
         for ni in s.nodes:
-            self._nodes[s.target][ni].take_all(end)
+            self._own(s.target, ni).take_all(end)
         return Forecast(s.start, self.targets[s.target].id)
 
     def _best_whole(
@@ -394,7 +403,7 @@ def forecast_indexed(
     ids = [t.id for t in state.targets]
     speeds = [t.speed for t in state.targets]
     best_single = state._best_single
-    nodes = state._nodes
+    own = state._own
     for i in queue_order(jobs):
         job = jobs[i]
         if job.nodes != 1:
@@ -411,8 +420,8 @@ def forecast_indexed(
         if best_ti < 0:
             continue
         if i not in probe:
-            nodes[best_ti][best_ni].take(job.gpus, job.cpu, job.memory_gib, best_t,
-                                         best_t + job.runtime_h / speeds[best_ti])
+            own(best_ti, best_ni).take(job.gpus, job.cpu, job.memory_gib, best_t,
+                                       best_t + job.runtime_h / speeds[best_ti])
         out[i] = Forecast(best_t, ids[best_ti])
     return out
 
