@@ -120,22 +120,31 @@ def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[l
 def _finished(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None) -> Settled:
     """`finish` a round's plan in full, as without a work budget (a round's plan then depends on its solve
     alone, not on the budget left), charging what that cost to `work`."""
+    return _finished_charged(problem, ledger, status, work)[0]
+
+
+def _finished_charged(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None
+                      ) -> tuple[Settled, float]:
+    """`_finished`, and the work it charged."""
     if work is None:
-        return finish(problem, ledger, "cp-sat", status)
+        return finish(problem, ledger, "cp-sat", status), 0.0
     meter = work.meter()
     settled = finish(problem, ledger, "cp-sat", status, work=meter)
     work.spend(meter.spent)
-    return settled
+    return settled, meter.spent
 
 
 def _cpsat_round(
     problem: PlacementProblem, m: Structure, cur: Settled, pressure: float, seconds: float,
-    tried: set[tuple] | None = None, work: Work | None = None,
+    tried: set[tuple] | None = None, work: Work | None = None, bound: dict[tuple, tuple[Settled, float]] | None = None,
 ) -> tuple[Settled, RoundInfo] | None | bool:
     """One CP-SAT round priced by `cur` and `pressure`; False when a round in `tried` was priced the same.
 
     With `work` (the deterministic mode), `seconds` are work units: CP-SAT gets them as deterministic time,
-    and what it used, the binding and the re-pricing are charged to `work`."""
+    and what it used, the binding and the re-pricing are charged to `work`. `bound` keeps, per solution already
+    bound in an earlier round of the same model, the plan `finish` made of it and the work that cost: binding
+    depends on the counts and on the order of each class's members by wait, so the same solution in that order
+    gives the same plan, which is taken again (and charged again) instead of being bound and re-priced anew."""
     t0 = time.perf_counter()
     waits, rate = _priced(problem, cur, pressure)
     wait = [cents(w) for w in waits]
@@ -153,7 +162,19 @@ def _cpsat_round(
         work.spend(solver_w)
     if res is None:
         return None
-    settled = _finished(problem, bind(m, res, wait), res.status, work)
+    key = None
+    if bound is not None:
+        key = (tuple(sorted(res.x.items())), tuple(sorted(res.z.items())),
+               tuple(tuple(sorted(c.members, key=lambda i: -wait[i])) for c in m.classes))
+    seen = bound.get(key) if bound is not None else None
+    if seen is not None:
+        settled = seen[0].tagged(res.status)
+        if work is not None:
+            work.spend(seen[1])
+    else:
+        settled, charged = _finished_charged(problem, bind(m, res, wait), res.status, work)
+        if bound is not None:
+            bound[key] = (settled, charged)
     took = time.perf_counter() - t0
     used = 0.0 if work is None else before - work.left
     info = RoundInfo(res.status, res.objective, res.bound, settled.objective, took, took - res.seconds,
@@ -230,6 +251,7 @@ def cpsat_settled(
     schedule = CPSAT_ROUNDS
     solved = 0  # rounds after the first LP rounding that found a plan
     tried: set[tuple] = set()
+    bound: dict[tuple, tuple[Settled, float]] = {}
     for k, (origin, pressure) in enumerate(schedule):
         left = deadline - time.perf_counter() - overhead if work is None else work.left - overhead
         if m is None or (left < 0.05 and solved):
@@ -238,7 +260,7 @@ def cpsat_settled(
         # The first round may take all the time: on big queues one good solve beats several short ones.
         # When it proves its gap early, the time left goes to the next rounds.
         share = 0.6 if 0 < k < len(schedule) - 1 else 1.0
-        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share), tried, work)
+        done = _cpsat_round(problem, m, cur, pressure, max(0.05, left * share), tried, work, bound)
         if done is False:
             continue
         if done is None:
