@@ -91,6 +91,21 @@ class LoopContext:
             fields = dict(finished_at=now) | fields
         return self.move(job, to, now=now, message=message, kind=kind, intents=(cancel,), done=done, **fields)
 
+    def pool_clock(self, pool_id: str, clock: str, running: bool, now: float) -> float | None:
+        """Start, keep or stop one of a pool's clocks (`idle_since`, `growing_since`), journaled when it changes.
+        Since when it runs, or None."""
+        h = self.state.pools.get(pool_id)
+        if not running:
+            if h is not None and getattr(h, clock) is not None:
+                setattr(h, clock, None)
+                self.journal.pool(h)
+            return None
+        h = self.state.pool(pool_id)
+        if getattr(h, clock) is None:
+            setattr(h, clock, now)
+            self.journal.pool(h)
+        return getattr(h, clock)
+
     # ---- events ----------------------------------------------------------------------------------
 
     def event(self, kind: str, message: str, *, now: float, job_id: str | None = None,

@@ -153,20 +153,10 @@ class Health:
                 continue
             for p in cluster.pools:
                 pid, ps = f"{cluster.name}/{p.name}", states[cluster.name].pool(p.name)
-                h = ctx.state.pools.get(pid)
-                if ps is None or ps.desired_nodes <= ps.ready_nodes:
-                    if h is not None and h.growing_since is not None:
-                        h.growing_since = None
-                        ctx.journal.pool(h)
-                    continue
-                h = ctx.state.pool(pid)
-                if h.growing_since is None:
-                    h.growing_since = now
-                    ctx.journal.pool(h)
-                since = h.growing_since
-                if now - since >= p.provisioning_timeout:
-                    h.growing_since = None
-                    ctx.journal.pool(h)
+                short = ps is not None and ps.desired_nodes > ps.ready_nodes
+                since = ctx.pool_clock(pid, "growing_since", short, now)
+                if since is not None and now - since >= p.provisioning_timeout:
+                    ctx.pool_clock(pid, "growing_since", False, now)
                     self.pool_failed(pid, now, f"{ps.desired_nodes - ps.ready_nodes} of {ps.desired_nodes} node(s) "
                                                f"not ready {(now - since) / 60:.0f} min after the scale-up "
                                                "(provisioning timeout)")

@@ -35,24 +35,14 @@ class ScaleDown:
                 surplus = max(ps.nodes, ps.desired_nodes) > keep and not bound.get(pid)
                 if not ps.removes_idle_first and busy_nodes:
                     surplus = False  # the cloud would pick which nodes go, busy ones included
-                h = ctx.state.pools.get(pid)
-                if not surplus:
-                    if h is not None and h.idle_since is not None:
-                        h.idle_since = None
-                        ctx.journal.pool(h)
-                    continue
-                h = ctx.state.pool(pid)
-                if h.idle_since is None:
-                    h.idle_since = now
-                    ctx.journal.pool(h)
-                if now - h.idle_since < idle_s:
+                since = ctx.pool_clock(pid, "idle_since", surplus, now)
+                if since is None or now - since < idle_s:
                     continue
                 err = ctx.scale(cluster.name, p.name, keep, now, f"{pid} scaled down to {keep} node(s) after "
-                                f"{(now - h.idle_since) / 60:.0f} min with idle nodes")
+                                f"{(now - since) / 60:.0f} min with idle nodes")
                 if err is None:
                     ctx.report.scaled.append(f"{pid}->{keep}")
-                    h.idle_since = None
-                    ctx.journal.pool(h)
+                    ctx.pool_clock(pid, "idle_since", False, now)
 
     def idle_deadlines(self) -> list[float]:
         """When pools whose idle clock runs will be due for a scale-down (for the simulator)."""
