@@ -64,6 +64,50 @@ class Blocked:
     detail: str  # target names or numbers for the reason
 
 
+class _Static:
+    """What every ledger of one problem shares: facts about its targets, and per job shape the targets that may
+    take it and in which order (filled as shapes come up)."""
+
+    def __init__(self, problem: PlacementProblem) -> None:
+        targets = problem.targets
+        self.problem = problem
+        self.feasible: dict[tuple, list[int]] = {}
+        # Run cost is GPUs x runtime x (price per GPU-hour / speed) wherever nodes have GPUs, so one order
+        # of targets by that rate is every job's order by run cost.
+        self.rate_order = all(t.gpus_per_node > 0 for t in targets)
+        self.shape_order: dict[tuple, list[int]] = {}
+        # per single-node shape: the targets that may take it, with what about them is fixed for the shape
+        self.cands: dict[tuple, list[tuple[int, Target, bool, float]]] = {}
+        self.target_index = {t.id: i for i, t in enumerate(targets)}
+        self.max_new = [t.max_new_nodes if t.kind == "cloud" else 0 for t in targets]
+        self.gpn = [t.gpus_per_node for t in targets]
+        # The earliest any node of a target can be ready: its nodes' readiness, or a new node's boot.
+        self.ready_floor = [
+            min([n.ready_in_h for n in t.nodes] + ([t.provisioning_h] if t.kind == "cloud" else []), default=0.0)
+            for t in targets
+        ]
+        self.nodes = [(ti, n.name, n.free_gpus, n.free_cpu, n.free_memory_gib, n.ready_in_h, n.idle)
+                      for ti, t in enumerate(targets) for n in t.nodes]
+        # the forecasts and wait costs of plans priced so far, by what decides them (see assemble.py)
+        self.priced: dict[tuple, tuple] = {}
+
+
+# A solve builds many ledgers of one problem. Keyed by the identity of the (immutable) problem, which the entry
+# keeps alive so that the identity cannot be reused meanwhile.
+_STATICS: dict[int, _Static] = {}
+_STATICS_KEPT = 4
+
+
+def _static(problem: PlacementProblem) -> _Static:
+    st = _STATICS.get(id(problem))
+    if st is None or st.problem is not problem:
+        st = _Static(problem)
+        while len(_STATICS) >= _STATICS_KEPT:
+            _STATICS.pop(next(iter(_STATICS)), None)
+        _STATICS[id(problem)] = st
+    return st
+
+
 class Ledger:
     """Which replicas are bound where, and what that leaves free on each node and in the cloud GPU cap."""
 
@@ -72,41 +116,44 @@ class Ledger:
         self.jobs = problem.jobs
         self.targets = problem.targets
         self.policy = problem.policy
+        st = self._st = _static(problem)
+        n_targets = len(self.targets)
         self.slots: dict[tuple[int, str], Slot] = {}  # (target, node name); names repeat across clusters
         # residual GPUs -> slots, per target, for best-fit lookup without scanning every node
-        self._buckets: list[dict[int, dict[str, Slot]]] = [{} for _ in self.targets]
-        self._whole_free: list[dict[str, Slot]] = [{} for _ in self.targets]
-        self._new_seq = [0] * len(self.targets)
-        self.new_live = [0] * len(self.targets)
+        self._buckets: list[dict[int, dict[str, Slot]]] = [{} for _ in range(n_targets)]
+        self._whole_free: list[dict[str, Slot]] = [{} for _ in range(n_targets)]
+        self._new_seq = [0] * n_targets
+        self.new_live = [0] * n_targets
         self.new_gpus = 0
         self.binding: dict[int, tuple[int, tuple[str, ...]]] = {}
-        self._feasible: dict[tuple, list[int]] = {}
-        self._top = [0] * len(self.targets)  # most GPUs left on any node of the target (a bound)
-        # Run cost is GPUs x runtime x (price per GPU-hour / speed) wherever nodes have GPUs, so one order
-        # of targets by that rate is every job's order by run cost.
-        self._rate_order = all(t.gpus_per_node > 0 for t in self.targets)
-        self._shape_order: dict[tuple, list[int]] = {}
+        # What depends on the problem alone is shared by every ledger of it (see `_Static`).
+        self._feasible = st.feasible
+        self._top = [0] * n_targets  # most GPUs left on any node of the target (a bound)
+        self._rate_order = st.rate_order
+        self._shape_order = st.shape_order
         # Capacity only shrinks while nothing is removed, so a shape that found no run-now option finds none
         # until something is: shape -> the `_freed` count when it found none.
         self._freed = 0
         self._none: dict[tuple, int] = {}
         # Per target: a count of changes to its nodes, and the node each single-node size would take.
-        self._tver = [0] * len(self.targets)
+        self._tver = [0] * n_targets
         self._slot_memo: dict[tuple, tuple[int, Slot | None]] = {}
-        # per single-node shape: the targets that may take it, with what about them is fixed for the shape
-        self._cands: dict[tuple, list[tuple[int, Target, bool, float]]] = {}
-        self.target_index = {t.id: i for i, t in enumerate(self.targets)}
-        self._max_new = [t.max_new_nodes if t.kind == "cloud" else 0 for t in self.targets]
-        self._gpn = [t.gpus_per_node for t in self.targets]
-        # The earliest any node of a target can be ready: its nodes' readiness, or a new node's boot.
-        self._ready_floor = [
-            min([n.ready_in_h for n in t.nodes] + ([t.provisioning_h] if t.kind == "cloud" else []), default=0.0)
-            for t in self.targets
-        ]
-        for ti, t in enumerate(self.targets):
-            for n in t.nodes:
-                s = Slot(n.name, ti, n.free_gpus, n.free_cpu, n.free_memory_gib, n.ready_in_h, n.idle, False)
-                self._add_slot(s)
+        self._cands = st.cands
+        self.target_index = st.target_index
+        self._max_new = st.max_new
+        self._gpn = st.gpn
+        self._ready_floor = st.ready_floor
+        # The nodes as observed, filed as `_add_slot` files them (in target and node order).
+        slots, buckets, whole_free, top, tver = self.slots, self._buckets, self._whole_free, self._top, self._tver
+        for ti, name, g, c, m, ready, idle in st.nodes:
+            sl = Slot(name, ti, g, c, m, ready, idle, False)
+            slots[(ti, name)] = sl
+            tver[ti] += 1
+            buckets[ti].setdefault(g, {})[name] = sl
+            if g > top[ti]:
+                top[ti] = g
+            if idle:
+                whole_free[ti][name] = sl
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
