@@ -41,18 +41,22 @@ class _FNode:
         self.name = node.name
         # What is free now becomes usable when the node is ready (0 unless it is still booting).
         now = max(0.0, node.ready_in_h)
-        by_time: dict[float, list[float]] = {now: [float(node.free_gpus), node.free_cpu, node.free_memory_gib]}
+        by_time: dict[float, list[float]] = {now: [now, float(node.free_gpus), node.free_cpu, node.free_memory_gib]}
         for r in releases:
-            c = by_time.setdefault(max(0.0, r.at_h), [0.0, 0.0, 0.0])
-            c[0] += r.gpus
-            c[1] += r.cpu
-            c[2] += r.memory_gib
-        self.chunks: list[list[float]] = [[t, *v] for t, v in sorted(by_time.items())]
-        self.cap = (
-            sum(c[1] for c in self.chunks),
-            sum(c[2] for c in self.chunks),
-            sum(c[3] for c in self.chunks),
-        )
+            at = max(0.0, r.at_h)
+            c = by_time.get(at)
+            if c is None:
+                c = by_time[at] = [at, 0.0, 0.0, 0.0]
+            c[1] += r.gpus
+            c[2] += r.cpu
+            c[3] += r.memory_gib
+        chunks = self.chunks = [by_time[t] for t in sorted(by_time)] if len(by_time) > 1 else [by_time[now]]
+        g = c_ = m = 0
+        for ch in chunks:
+            g += ch[1]
+            c_ += ch[2]
+            m += ch[3]
+        self.cap = (g, c_, m)
         self.version = 0
         # A busy node becomes whole again only if its releases account for every GPU on it.
         self.gang_ok = node.idle or (bool(releases) and self.cap[0] >= gpus_per_node - EPS)
