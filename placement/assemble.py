@@ -108,6 +108,31 @@ def plan_forecasts(problem: PlacementProblem, ledger: Ledger) -> list[Forecast]:
     return forecast_indexed(targets, problem.jobs, problem.policy, started, probes=ledger.binding.keys())
 
 
+# Plans of a short queue priced during one solve often bind the same jobs to the same on-prem nodes (a round
+# finds greedy's plan again, holding back puts a job back): their forecasts are the same, kept per problem.
+PRICED_MAX_JOBS = 500
+PRICED_KEPT = 64
+
+
+def _forecast_waits(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], list[float]]:
+    """`plan_forecasts` and `job_wait_costs` of the ledger, which depend only on its on-prem bindings and on
+    which jobs are bound (the probes), never on how the ledger got there."""
+    if len(problem.jobs) > PRICED_MAX_JOBS:
+        fc = plan_forecasts(problem, ledger)
+        return fc, job_wait_costs(problem, fc)
+    targets = problem.targets
+    key = (tuple((i, ti, names) for i, (ti, names) in sorted(ledger.binding.items())
+                 if targets[ti].kind == "onprem"), frozenset(ledger.binding))
+    memo = ledger._st.priced
+    hit = memo.get(key)
+    if hit is None:
+        fc = plan_forecasts(problem, ledger)
+        hit = (fc, job_wait_costs(problem, fc))
+        if len(memo) < PRICED_KEPT:
+            memo[key] = hit
+    return hit
+
+
 def job_wait_costs(problem: PlacementProblem, fc: list[Forecast]) -> list[float]:
     by_id = {t.id: t for t in problem.targets}
     return [
@@ -134,15 +159,26 @@ def settle(
     WAIT, so this ends after at most as many passes as there are waiting jobs (in practice one or two).
     `forecasts`, when given, are the ledger's own (`plan_forecasts`), computed already.
     """
+    fc, _, alts = _settle(problem, ledger, forecasts)
+    return fc, alts
+
+
+def _settle(
+    problem: PlacementProblem, ledger: Ledger, forecasts: list[Forecast] | None = None
+) -> tuple[list[Forecast], list[float], dict[int, Option | None]]:
+    """`settle`, and the wait costs of the forecasts it ends with."""
     order = queue_order(problem.jobs)
+    binding = ledger.binding
     while True:
-        fc = forecasts if forecasts is not None else plan_forecasts(problem, ledger)
-        forecasts = None
-        waits = job_wait_costs(problem, fc)
+        if forecasts is not None:
+            fc, waits = forecasts, job_wait_costs(problem, forecasts)
+            forecasts = None
+        else:
+            fc, waits = _forecast_waits(problem, ledger)
         alts: dict[int, Option | None] = {}
         moved = False
         for i in order:
-            if i in ledger.binding:
+            if i in binding:
                 continue
             opt = ledger.best_option(i)
             alts[i] = opt
@@ -150,7 +186,7 @@ def settle(
                 ledger.take(i, opt)
                 moved = True
         if not moved:
-            return fc, alts
+            return fc, waits, alts
 
 
 # Each try re-runs the forecast once; past this many the pass stops (the plan stays valid either way).
@@ -165,8 +201,7 @@ def consistent_total(problem: PlacementProblem, ledger: Ledger) -> float:
 def priced(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], list[float], float]:
     """The ledger's forecasts, every job's wait cost and the consistent objective, as they stand (no WAIT
     rule applied)."""
-    fc = plan_forecasts(problem, ledger)
-    waits = job_wait_costs(problem, fc)
+    fc, waits = _forecast_waits(problem, ledger)
     return fc, waits, _total(problem, ledger, waits)
 
 
@@ -247,7 +282,7 @@ def finish(
     the plan and price it. With a `deadline` (perf_counter seconds), holding back is tried only while there
     is time for it, a forecast taking about `forecast_s`; with `work` (the deterministic mode), only while
     that budget covers it. `forecasts`: the ledger's, if known already."""
-    fc, alts = settle(problem, ledger, forecasts)
+    fc, waits, alts = _settle(problem, ledger, forecasts)
     if work is not None:
         work.spend(work.forecast)
     for _ in range(3):  # holding jobs back frees cloud room that waiting jobs may then take, and so on
@@ -255,12 +290,11 @@ def finish(
             break
         if work is not None and not work.affords(4 * work.forecast):
             break
-        if not hold_back(problem, ledger, job_wait_costs(problem, fc), deadline, work):
+        if not hold_back(problem, ledger, waits, deadline, work):
             break
-        fc, alts = settle(problem, ledger)
+        fc, waits, alts = _settle(problem, ledger)
         if work is not None:
             work.spend(work.forecast)
-    waits = job_wait_costs(problem, fc)
     return Settled(problem, ledger, fc, waits, alts, _total(problem, ledger, waits), solver, status, solve_s)
 
 
