@@ -24,8 +24,9 @@ go through the same ledger as Spillover's own solvers, so the only difference is
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from bisect import bisect_right
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,7 @@ LABELS = {
     "compute-wait-hindsight": "Compute-Wait, exact wait prediction (hindsight)",
 }
 EPS = 1e-9
+OVERDUE_H = 1e-6  # when a release that is already due is expected: just after now
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class _Holds:
     def __init__(self, problem: PlacementProblem) -> None:
         self.free: dict[tuple[str, str], int] = {}
         self.steps: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+        self.names: dict[str, list[str]] = defaultdict(list)  # target id -> its nodes
+        self._profiles: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
         for t in problem.targets:
             if t.kind != "onprem":
                 continue
@@ -111,25 +115,51 @@ class _Holds:
                 self.free[(t.id, n.name)] = n.free_gpus
             for r in t.releases:
                 self.free.setdefault((t.id, r.node), 0)
-                # a job past its expected end still holds its GPUs now; it frees them at the first moment after
-                self.steps[(t.id, r.node)].append((max(r.at_h, EPS), r.gpus))
+                # a job past its expected end still holds its GPUs now; it frees them just after
+                self.steps[(t.id, r.node)].append((max(r.at_h, OVERDUE_H), r.gpus))
+        for tid, name in self.free:
+            self.names[tid].append(name)
 
     def hold(self, key: tuple[str, str], gpus: int, start: float, end: float, sign: int = 1) -> None:
         self.steps[key] += [(start, -sign * gpus), (end, sign * gpus)]
+        self._profiles.pop(key, None)
+
+    def profile(self, key: tuple[str, str]) -> tuple[list[float], list[int]]:
+        """The node's breakpoints (0 first) and the GPUs free from each until the next."""
+        p = self._profiles.get(key)
+        if p is None:
+            times, levels = [0.0], [self.free.get(key, 0)]
+            for t, d in sorted(self.steps[key]):
+                if t - times[-1] <= EPS:
+                    levels[-1] += d
+                else:
+                    times.append(t)
+                    levels.append(levels[-1] + d)
+            p = self._profiles[key] = (times, levels)
+        return p
 
     def low(self, key: tuple[str, str], start: float, end: float) -> int:
         """The fewest GPUs free on the node at any time in [start, end)."""
-        steps = sorted(self.steps[key])
-        level = self.free.get(key, 0) + sum(d for t, d in steps if t <= start + EPS)
-        least = level
-        for t, d in steps:
-            if start + EPS < t < end - EPS:
-                level += d
-                least = min(least, level)
+        times, levels = self.profile(key)
+        k = bisect_right(times, start + EPS) - 1
+        least = levels[k]
+        for k in range(k + 1, len(times)):
+            if times[k] >= end - EPS:
+                break
+            least = min(least, levels[k])
         return least
 
-    def times(self, tid: str) -> list[float]:
-        return sorted({0.0} | {t for (tt, _), steps in self.steps.items() if tt == tid for t, _ in steps if t > 0})
+    def earliest(self, key: tuple[str, str], gpus: int, run_h: float, within_h: float | None) -> float | None:
+        """The first time (within `within_h` hours, if given) from which the node has `gpus` free for `run_h`."""
+        for at in self.profile(key)[0]:
+            if within_h is not None and at > within_h + EPS:
+                break
+            if self.low(key, at, at + run_h) >= gpus:
+                return at
+        return None
+
+    def times(self, keys: list[tuple[str, str]]) -> list[float]:
+        return sorted({t for key in keys for t in self.profile(key)[0]})
 
 
 def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[str, Reservation]) -> Plan:
@@ -150,8 +180,9 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
         if start < EPS:
             # overdue (a job on its nodes runs late, or the loop saw its end a tick late): it holds them from
             # when they have room
-            start = next((at for at in holds.times(r.target) if all(
-                holds.low((r.target, n), at, at + r.runtime_h) >= r.gpus for n in r.nodes)), 0.0)
+            keys = [(r.target, n) for n in r.nodes]
+            start = next((at for at in holds.times(keys) if all(
+                holds.low(key, at, at + r.runtime_h) >= r.gpus for key in keys)), 0.0)
         windows[jid] = (start, start + r.runtime_h)
         for n in r.nodes:
             holds.hold((r.target, n), r.gpus, *windows[jid])
@@ -195,25 +226,33 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
         """Starburst's try_reserve: the nodes where job `i` could start first, given what runs and what is
         reserved, if it could start there within `within_h` hours (None: ever)."""
         job = jobs[i]
-        best: tuple[float, Target, tuple[str, ...]] | None = None
+        best: tuple[float, int, Target, tuple[str, ...]] | None = None  # (start, GPUs left, target, nodes)
         for ti in onprem:
             t = targets[ti]
             if ti not in ledger.feasible_targets(i):
                 continue
             run_h = job.runtime_h / t.speed
             need = per_node(job, t)
-            names = [n for (tid, n) in holds.free if tid == t.id]
-            for at in holds.times(t.id):
+            keys = [(t.id, n) for n in holds.names[t.id]]
+            if job.nodes == 1:
+                for key in keys:
+                    at = holds.earliest(key, need, run_h, within_h)
+                    if at is not None:
+                        cand = (at, holds.low(key, at, at + run_h), t, (key[1],))  # then the tightest fit
+                        if best is None or (cand[0], cand[1], cand[3]) < (best[0], best[1], best[3]):
+                            best = cand
+                continue
+            for at in holds.times(keys):
                 if (within_h is not None and at > within_h + EPS) or (best is not None and at >= best[0]):
                     break
-                room = [n for n in names if holds.low((t.id, n), at, at + run_h) >= need]
+                room = sorted((holds.low(key, at, at + run_h), key[1]) for key in keys)
+                room = [(left, n) for left, n in room if left >= need]
                 if len(room) >= job.nodes:
-                    room.sort(key=lambda n: (holds.low((t.id, n), at, at + run_h), n))  # tightest first
-                    best = (at, t, tuple(room[:job.nodes]))
+                    best = (at, room[0][0], t, tuple(n for _, n in room[:job.nodes]))
                     break
         if best is None:
             return None
-        at, t, nodes = best
+        at, _, t, nodes = best
         r = Reservation(t.id, nodes, per_node(job, t), job.waited_h + at, job.runtime_h / t.speed)
         windows[job.id] = (at, at + r.runtime_h)
         for n in nodes:
