@@ -179,44 +179,48 @@ class LinearModel:
         n_opts = [len(shape_groups[sh]) for sh, ks in by_shape.items() for _ in ks]
         self.kind_start = np.zeros(self.n_kinds + 1, dtype=np.int64)
         self.kind_start[1:] = np.cumsum(n_opts) if n_opts else []
-        og: list[np.ndarray] = []
-        oc: list[np.ndarray] = []
-        oh: list[np.ndarray] = []
-        orow: list[np.ndarray] = []
-        ocoef: list[np.ndarray] = []
+        # Built as lists and turned into arrays once: a short queue has a handful of options per shape, where
+        # numpy's per-call cost is most of the work. The arithmetic is costs.run_cost's and costs.delay_cost's,
+        # in their order, so that prices agree exactly.
+        og: list[int] = []
+        oc: list[float] = []
+        oh: list[float] = []
+        orow: list[tuple[int, int, int, int]] = []
+        ocoef: list[tuple[float, float, float, float]] = []
         for shape, ks in by_shape.items():
             gl = shape_groups[shape]
             if not gl:
                 continue
             gpus, nodes, cpu, mem = shape[0], shape[1], shape[2], shape[3]
             tg = gpus * nodes
-            runtime = np.array([first_job[k].runtime_h for k in ks])
-            vot = np.array([first_job[k].value_of_time for k in ks])
             ts = [targets[groups[gi].target] for gi in gl]
-            # the same arithmetic as costs.run_cost and costs.delay_cost, so that prices agree exactly
-            price_share = np.array([t.price_per_node_h * (tg / t.gpus_per_node if t.gpus_per_node > 0
-                                                          else float(nodes)) for t in ts])
-            speed = np.array([t.speed for t in ts])
-            ready = np.array([groups[gi].ready for gi in gl])
-            cost = price_share[None, :] * runtime[:, None] / speed[None, :] + (vot[:, None] * tg) * ready[None, :]
-            oc.append(cost.ravel())
-            oh.append(((tg * runtime)[:, None] / speed[None, :]).ravel())
-            og.append(np.tile(np.array(gl, dtype=np.int64), len(ks)))
-            rows_here = np.array([[row(("cover", gi, gpus)) if gpus > 0 else -1,
-                                   row(("cpu", gi)) if cpu > 0 else -1,
-                                   row(("mem", gi)) if mem > 0 else -1,
-                                   row(("gang", gi)) if nodes > 1 else -1] for gi in gl], dtype=np.int64)
-            orow.append(np.tile(rows_here, (len(ks), 1)))
-            ocoef.append(np.tile(np.array([[float(nodes), nodes * cpu, nodes * mem, float(nodes)]]),
-                                 (len(ks) * len(gl), 1)))
+            price_share = [t.price_per_node_h * (tg / t.gpus_per_node if t.gpus_per_node > 0 else float(nodes))
+                           for t in ts]
+            speed = [t.speed for t in ts]
+            ready = [groups[gi].ready for gi in gl]
+            rows_here = [(row(("cover", gi, gpus)) if gpus > 0 else -1,
+                          row(("cpu", gi)) if cpu > 0 else -1,
+                          row(("mem", gi)) if mem > 0 else -1,
+                          row(("gang", gi)) if nodes > 1 else -1) for gi in gl]
+            coef = (float(nodes), float(nodes * cpu), float(nodes * mem), float(nodes))
+            span = range(len(gl))
+            for k in ks:
+                runtime = float(first_job[k].runtime_h)
+                per = float(first_job[k].value_of_time) * tg
+                held = tg * runtime
+                oc.extend([price_share[a] * runtime / speed[a] + per * ready[a] for a in span])
+                oh.extend([held / speed[a] for a in span])
+            og.extend(gl * len(ks))
+            orow.extend(rows_here * len(ks))
+            ocoef.extend([coef] * (len(ks) * len(gl)))
         self.rows = list(row_id)
         self.n_rows = len(self.rows)
-        self.o_group = np.concatenate(og) if og else np.zeros(0, dtype=np.int64)
+        self.o_group = np.array(og, dtype=np.int64)
         self.o_target = self.group_target[self.o_group]
-        self.o_cost = np.concatenate(oc) if oc else np.zeros(0)
-        self.o_held = np.concatenate(oh) if oh else np.zeros(0)
-        r = np.concatenate(orow) if orow else np.zeros((0, 4), dtype=np.int64)
-        c = np.concatenate(ocoef) if ocoef else np.zeros((0, 4))
+        self.o_cost = np.array(oc, dtype=np.float64)
+        self.o_held = np.array(oh, dtype=np.float64)
+        r = np.array(orow, dtype=np.int64).reshape(-1, 4)
+        c = np.array(ocoef, dtype=np.float64).reshape(-1, 4)
         self.o_row = [r[:, j].copy() for j in range(4)]
         self.o_coef = [c[:, j].copy() for j in range(4)]
 
@@ -444,6 +448,7 @@ class LinearModel:
         else:
             first = _best_per_class(d, col_cls, 1, np.ones(n_cols, dtype=bool))
         add(first)
+        every_in = len(first) == n_cols
 
         solver = mbh.ModelSolverHelper("glop")
         rounds = 0
@@ -466,6 +471,10 @@ class LinearModel:
             last_solve = time.perf_counter() - t0
             all_duals = solver.dual_values()
             y = all_duals[: self.n_rows]
+            if every_in:
+                # no option left to price in: the restricted optimum is the relaxation's
+                bound = value = solver.objective_value() + cols.const
+                break
             part = resource_part(y)
             # A class's row dual: its row's, or for a class with one column, that column's reduced cost when
             # negative (the column is then at its bound, whose dual plays the row's part).
