@@ -61,8 +61,8 @@ SCENARIOS = {
     "philly": Scenario("philly", "philly-vc.csv", 25, limit=1000, points=4),
     "gavel-estimates": Scenario("gavel-estimates", "gavel-synth-dev.csv", 8, estimate_error=0.5, limit=1000, points=4),
     # the settings the Starburst simulator was run with for the figures in PEER; the phase of the loop's 60 s
-    # tick alone moves these rules' cloud GPU-hours by up to 5%, so each run is replayed at six phases
-    "starburst": Scenario("starburst", "gavel-synth-dev.csv", 8, limit=2000, peer=PEER, phases=6, runs=(
+    # tick alone moves these rules' cloud GPU-hours by up to 5%, so each run is replayed at twelve phases
+    "starburst": Scenario("starburst", "gavel-synth-dev.csv", 8, limit=2000, peer=PEER, phases=12, runs=(
         RunSpec("no-wait", None, "easy"), RunSpec("compute-wait", 0.04, "easy"), RunSpec("compute-wait", 0.08, "easy"),
         RunSpec("compute-wait", 0.16, "easy"), RunSpec("compute-wait", 0.08, "fifo"))),
 }
