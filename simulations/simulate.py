@@ -32,6 +32,9 @@ DEFAULT_SWEEPS = {
     "k": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],  # Compute-Wait: wait at most k x GPUs x runtime
 }
 QUEUES = ("fifo", "easy")
+# Solver work per decision in replays (units of about a second on the 2-core reference machine; see Policy): as long
+# as the production 2 s limit takes, and the same plans on the placement benchmark's small problems.
+REPLAY_WORK_LIMIT = 2.0
 
 
 class SimulateError(UserError):
@@ -115,6 +118,8 @@ def with_queues(config: SpilloverConfig, queues: set[str], **policy: float) -> S
     data["queues"] += [{"name": q} for q in sorted(queues - known)]
     data["store"] = {"url": "sqlite://"}
     data["loop"]["solver_bound"] = False  # the plans, not their distance from the LP bound, make the results
+    # a replay's numbers must not depend on how busy the machine is: decisions bounded by work, not time
+    data["loop"].setdefault("solver_work_limit", REPLAY_WORK_LIMIT)
     data["policy"].update(policy)
     return parse_config(data, source="simulate", catalog=config.catalog)
 
