@@ -45,6 +45,7 @@ SAMPLE_ABOVE = 3_000
 SAMPLE_SIZE = 1_000
 SAMPLE_GAP = 1e-3  # the sample's duals need not be exact
 SMALL_COLUMNS = 2_000  # up to this many options, one solve over them all beats any pricing round
+SMALL_ADD = 200  # up to this many columns added at once, their terms are grouped by row in plain Python
 DIRECT_COLUMNS = 40_000  # without duals, up to this many options GLOP solves them all at once faster
 
 
@@ -367,9 +368,13 @@ class LinearModel:
             if key[0] == "cover":
                 constraint(-inf, 0.0)
             else:
-                per_node, existing = {
-                    "cpu": (t.cpu_per_node, g.cpu), "mem": (t.memory_gib_per_node, g.mem), "gang": (1.0, g.idle)
-                }[key[0]]
+                kind = key[0]
+                if kind == "cpu":
+                    per_node, existing = t.cpu_per_node, g.cpu
+                elif kind == "mem":
+                    per_node, existing = t.memory_gib_per_node, g.mem
+                else:
+                    per_node, existing = 1.0, g.idle
                 r = constraint(-inf, existing * scale if not g.new else 0.0)
                 if g.new:
                     mb.add_term_to_constraint(r, new_var(g.target), -per_node)
@@ -411,18 +416,31 @@ class LinearModel:
             handles.extend(mbh.Variable(mb, v) for v in vs.tolist())
             col_var[cols_] = vs
             in_lp[cols_] = True
-            # Terms row by row: one call per resource row touched.
-            rows_ = np.concatenate([row_a[a][cols_] for a in range(4)])
-            coefs = np.concatenate([coef_a[a][cols_] for a in range(4)])
-            local = np.tile(np.arange(len(cols_)), 4)
-            keep = rows_ >= 0
-            rows_, coefs, local = rows_[keep], coefs[keep], local[keep]
-            order = np.argsort(rows_, kind="stable")
-            rows_, coefs, local = rows_[order], coefs[order], local[order]
-            cuts = np.flatnonzero(np.diff(rows_)) + 1
-            for rr, cc, ll in zip(np.split(rows_, cuts), np.split(coefs, cuts), np.split(local, cuts)):
-                if len(rr):
-                    mb.add_terms_to_constraint(int(rr[0]), [handles[start + k] for k in ll.tolist()], cc.tolist())
+            # Terms row by row: one call per resource row touched, rows in order, and in each row the terms by
+            # resource (cover, CPU, memory, whole nodes), then by column.
+            if len(cols_) <= SMALL_ADD:
+                terms: dict[int, tuple[list[mbh.Variable], list[float]]] = {}
+                for a in range(4):
+                    for k, (rr, cc) in enumerate(zip(row_a[a][cols_].tolist(), coef_a[a][cols_].tolist())):
+                        if rr >= 0:
+                            hv, hc = terms.setdefault(rr, ([], []))
+                            hv.append(handles[start + k])
+                            hc.append(cc)
+                for rr in sorted(terms):
+                    mb.add_terms_to_constraint(rr, *terms[rr])
+            else:
+                rows_ = np.concatenate([row_a[a][cols_] for a in range(4)])
+                coefs = np.concatenate([coef_a[a][cols_] for a in range(4)])
+                local = np.tile(np.arange(len(cols_)), 4)
+                keep = rows_ >= 0
+                rows_, coefs, local = rows_[keep], coefs[keep], local[keep]
+                order = np.argsort(rows_, kind="stable")
+                rows_, coefs, local = rows_[order], coefs[order], local[order]
+                cuts = np.flatnonzero(np.diff(rows_)) + 1
+                for rr, cc, ll in zip(np.split(rows_, cuts), np.split(coefs, cuts), np.split(local, cuts)):
+                    if len(rr):
+                        mb.add_terms_to_constraint(int(rr[0]), [handles[start + k] for k in ll.tolist()],
+                                                   cc.tolist())
             for j, c in zip(cols_.tolist(), col_cls[cols_].tolist()):
                 mine = cls_cols.setdefault(c, [])
                 mine.append(j)
