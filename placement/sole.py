@@ -30,7 +30,7 @@ from placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
 from placement.feasibility import feasible
 from placement.forecast import EPS, INF, _FNode, _template
 from placement.order import queue_order
-from placement.types import PlacementProblem
+from placement.types import PlacementProblem, Target
 
 MAX_JOBS = 8
 MAX_STEPS = 400  # branches explored before giving up (the search then runs)
@@ -83,8 +83,10 @@ class _Proof:
         self.index = tpl.index
         self.onprem_target = [next(t for t in targets if t.id == ft.id) for ft in tpl.targets]
         self.base: list[list[_FNode]] = tpl.nodes
-        self._keep: list[_FNode] = []  # copies made, kept alive while their ids key the fit memo
-        self._fit: dict[tuple[int, tuple[float, float, float]], float] = {}
+        # rows made by booking, kept alive while their ids key the fit memo, and the row each came from
+        self._rows: list[list[_FNode]] = []
+        self._parent: dict[int, tuple[list[_FNode], int]] = {}
+        self._fit: dict[tuple[int, tuple[float, float, float]], list[float]] = {}
 
         self.demand = [(float(j.gpus), j.cpu, j.memory_gib) for j in jobs]
         self.fc_targets = [[k for k, t in enumerate(tpl.targets) if feasible(j, t, policy)] for j in jobs]
@@ -95,23 +97,28 @@ class _Proof:
         self.cloud_sure: list[float] = []
         self.alone: list[float] = []
         self.least: list[float] = []
+        # per job shape: the targets it may run on and their nodes it fits now (index, readiness)
+        by_shape: dict[tuple, list[tuple[int, Target, list[tuple[int, float]], bool]]] = {}
         for i, job in enumerate(jobs):
+            shape = (job.gpus, job.cpu, job.memory_gib, job.gpu_types, job.allowed_targets, job.checkpointable)
+            where = by_shape.get(shape)
+            if where is None:
+                where = by_shape[shape] = [
+                    (ti, t, [(ni, nd.ready_in_h) for ni, nd in enumerate(t.nodes)
+                             if _fits(job, nd.free_gpus, nd.free_cpu, nd.free_memory_gib)],
+                     job.gpus <= t.gpus_per_node and job.cpu <= t.cpu_per_node + EPS
+                     and job.memory_gib <= t.memory_gib_per_node + EPS)
+                    for ti, t in enumerate(targets) if feasible(job, t, policy)]
             opts: list[tuple[int, int, float]] = []
             cmin = csure = math.inf
-            for ti, t in enumerate(targets):
-                if not feasible(job, t, policy):
-                    continue
+            for ti, t, fit_now, full in where:
                 run = run_cost(job, t)
                 if t.kind == "onprem":
-                    for ni, nd in enumerate(t.nodes):
-                        if _fits(job, nd.free_gpus, nd.free_cpu, nd.free_memory_gib):
-                            opts.append((ti, ni, run + delay_cost(job, nd.ready_in_h)))
+                    for ni, ready in fit_now:
+                        opts.append((ti, ni, run + delay_cost(job, ready)))
                     continue
-                for nd in t.nodes:
-                    if _fits(job, nd.free_gpus, nd.free_cpu, nd.free_memory_gib):
-                        cmin = min(cmin, run + delay_cost(job, nd.ready_in_h))
-                full = job.gpus <= t.gpus_per_node and job.cpu <= t.cpu_per_node + EPS and (
-                    job.memory_gib <= t.memory_gib_per_node + EPS)
+                for _, ready in fit_now:
+                    cmin = min(cmin, run + delay_cost(job, ready))
                 if not full or t.max_new_nodes <= 0 or t.gpus_per_node > room + EPS:
                     continue
                 over = new_node_cost(t, policy)
@@ -132,12 +139,21 @@ class _Proof:
 
     # -- the forecast ------------------------------------------------------------------------------
 
-    def _fit_of(self, node: _FNode, d: tuple[float, float, float]) -> float:
-        key = (id(node), d)
-        t = self._fit.get(key)
-        if t is None:
-            t = self._fit[key] = node.fit(*d)
-        return t
+    def _fits_of(self, row: list[_FNode], d: tuple[float, float, float]) -> list[float]:
+        """When `d` first fits on each node of a row (one target's nodes in some state), kept per row: a row
+        booked on differs from the row it came from in one node, whose fit alone is computed again."""
+        key = (id(row), d)
+        fits = self._fit.get(key)
+        if fits is None:
+            came = self._parent.get(id(row))
+            if came is None:
+                fits = [node.fit(*d) for node in row]
+            else:
+                parent, ni = came
+                fits = list(self._fits_of(parent, d))
+                fits[ni] = row[ni].fit(*d)
+            self._fit[key] = fits
+        return fits
 
     def _wait(self, i: int, state: list[list[_FNode]]) -> tuple[float, int, int, float]:
         """Job i's wait cost as the forecast prices it given `state`, and where it would book: (cost, target,
@@ -146,13 +162,11 @@ class _Proof:
         d = self.demand[i]
         best_t, best_k, best_n = INF, -1, -1
         for k in self.fc_targets[i]:
-            bt, bn = INF, -1
-            for ni, node in enumerate(state[k]):
-                t = self._fit_of(node, d)
-                if t < bt:
-                    bt, bn = t, ni
+            fits = self._fits_of(state[k], d)
+            bt = min(fits, default=INF)
+            # the forecast's heap yields the earliest node, the first of them on a tie
             if bt != INF and (best_k < 0 or bt < best_t - EPS):
-                best_t, best_k, best_n = bt, k, bn
+                best_t, best_k, best_n = bt, k, fits.index(bt)
         if best_k < 0:
             return wait_cost(job, self.problem.policy.max_wait_h, None), -1, -1, 0.0
         return wait_cost(job, best_t, self.onprem_target[best_k]), best_k, best_n, best_t
@@ -165,7 +179,7 @@ class _Proof:
         d = self.demand[i]
         best = math.inf
         for k in self.fc_targets[i]:
-            t = min((self._fit_of(node, d) for node in self.base[k]), default=INF)
+            t = min(self._fits_of(self.base[k], d), default=INF)
             if t != INF:
                 best = min(best, wait_cost(job, t, self.onprem_target[k]))
         return best if best < math.inf else wait_cost(job, self.problem.policy.max_wait_h, None)
@@ -175,7 +189,6 @@ class _Proof:
         `ForecastState.consume_now` books it)."""
         job = self.problem.jobs[i]
         node = state[k][ni].copy()
-        self._keep.append(node)
         if start is None:
             start = node.fit(job.gpus, job.cpu, job.memory_gib)
             if start == INF:
@@ -195,6 +208,8 @@ class _Proof:
         node.take(job.gpus, job.cpu, job.memory_gib, start, end)
         row = list(state[k])
         row[ni] = node
+        self._rows.append(row)
+        self._parent[id(row)] = (state[k], ni)
         out = list(state)
         out[k] = row
         return out
