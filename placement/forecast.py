@@ -141,6 +141,56 @@ class _Spot:
     nodes: list[int]
 
 
+def _target_nodes(t: Target) -> list[_FNode] | None:
+    """A target's nodes as `_FNode` builds them, in one pass over all its releases (None when two of its nodes
+    share a name, which that construction resolves its own way)."""
+    names = [n.name for n in t.nodes]
+    if len(set(names)) != len(names):
+        return None
+    # per node: its chunks by time, the free capacity now first, then each release added in order
+    by_node: dict[str, dict[float, list[float]]] = {}
+    for n in t.nodes:
+        now = max(0.0, n.ready_in_h)
+        by_node[n.name] = {now: [now, float(n.free_gpus), n.free_cpu, n.free_memory_gib]}
+    known = len(by_node)
+    released: dict[str, bool] = {}
+    get = by_node.get
+    for r in t.releases:
+        name = r.node
+        by_time = get(name)
+        if by_time is None:
+            # a fully busy node left out of `nodes`: nothing free now, its releases still bring capacity back
+            by_time = by_node[name] = {0.0: [0.0, 0.0, 0.0, 0.0]}
+        released[name] = True
+        at = r.at_h
+        if not at > 0.0:  # max(0.0, at), NaN included
+            at = 0.0
+        c = by_time.get(at)
+        if c is None:
+            by_time[at] = [at, 0.0 + r.gpus, 0.0 + r.cpu, 0.0 + r.memory_gib]
+        else:
+            c[1] += r.gpus
+            c[2] += r.cpu
+            c[3] += r.memory_gib
+    out: list[_FNode] = []
+    gpn = t.gpus_per_node
+    for k, (name, by_time) in enumerate(by_node.items()):
+        fn = _FNode.__new__(_FNode)
+        fn.name = name
+        chunks = fn.chunks = [by_time[x] for x in sorted(by_time)] if len(by_time) > 1 else list(by_time.values())
+        g = c_ = m = 0
+        for ch in chunks:
+            g += ch[1]
+            c_ += ch[2]
+            m += ch[3]
+        fn.cap = (g, c_, m)
+        fn.version = 0
+        idle = t.nodes[k].idle if k < known else False
+        fn.gang_ok = idle or (name in released and g >= gpn - EPS)
+        out.append(fn)
+    return out
+
+
 class _Template:
     """The on-prem nodes of a tuple of targets before any start or reservation, copied by each forecast."""
 
@@ -150,13 +200,15 @@ class _Template:
         self.nodes: list[list[_FNode]] = []
         self.index: list[dict[str, int]] = []
         for t in self.targets:
-            rel: dict[str, list[Release]] = {}
-            for r in t.releases:
-                rel.setdefault(r.node, []).append(r)
-            nodes = [_FNode(n, rel.pop(n.name, []), t.gpus_per_node) for n in t.nodes]
-            # A fully busy node may be left out of `nodes`; its releases still bring capacity back.
-            for name, rs in rel.items():
-                nodes.append(_FNode(Node(name, 0, 0.0, 0.0), rs, t.gpus_per_node))
+            nodes = _target_nodes(t)
+            if nodes is None:
+                rel: dict[str, list[Release]] = {}
+                for r in t.releases:
+                    rel.setdefault(r.node, []).append(r)
+                nodes = [_FNode(n, rel.pop(n.name, []), t.gpus_per_node) for n in t.nodes]
+                # A fully busy node may be left out of `nodes`; its releases still bring capacity back.
+                for name, rs in rel.items():
+                    nodes.append(_FNode(Node(name, 0, 0.0, 0.0), rs, t.gpus_per_node))
             self.nodes.append(nodes)
             self.index.append({n.name: i for i, n in enumerate(nodes)})
         self.target_index = {t.id: ti for ti, t in enumerate(self.targets)}
