@@ -60,6 +60,14 @@ SCENARIOS = {
     "gavel": Scenario("gavel", "gavel-synth-dev.csv", 8, limit=2000),
     "philly": Scenario("philly", "philly-vc.csv", 25, limit=1000, points=4),
     "gavel-estimates": Scenario("gavel-estimates", "gavel-synth-dev.csv", 8, estimate_error=0.5, limit=1000, points=4),
+    # whole workloads (a replay takes 1.5-5 ms of wall time per job); sweeps around No-Wait + 5%, no on-prem only
+    # (its queue grows without end at these loads)
+    "gavel-full": Scenario("gavel-full", "gavel-synth-dev.csv", 8, value_of_time=(2.0, 4.0, 8.0, 16.0),
+                           value_of_job_time=(16.0, 24.0, 32.0, 48.0, 64.0, 128.0), wait_h=(0.5, 1.0, 2.0, 4.0),
+                           k=(0.02, 0.04, 0.08, 0.16, 0.32), extra=()),
+    "philly-full": Scenario("philly-full", "philly-vc.csv", 25, value_of_time=(4.0, 16.0),
+                            value_of_job_time=(16.0, 32.0, 64.0, 128.0), wait_h=(1.0, 4.0), k=(0.02, 0.08, 0.32),
+                            extra=()),
     # the settings the Starburst simulator was run with for the figures in PEER; the phase of the loop's 60 s
     # tick alone moves these rules' cloud GPU-hours by up to 5%, so each run is replayed at twelve phases
     "starburst": Scenario("starburst", "gavel-synth-dev.csv", 8, limit=2000, peer=PEER, phases=12, runs=(
