@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
+from ortools.sat.python import cp_model_helper as cmh
 
 from placement.costs import cents, new_node_cost
 from placement.ledger import Ledger
@@ -113,13 +114,19 @@ def solve_round(
     z: dict[tuple[int, int], cp_model.IntVar] = {}
     supply: dict[tuple[int, int], tuple[list[cp_model.IntVar], list[int]]] = {}
     new_count: dict[int, list[cp_model.IntVar]] = {}
+    in_use: dict[int, set[int]] = {}  # group -> the size keys some option there uses
+    for g, key in use:
+        in_use.setdefault(g, set()).add(key)
     for pi, p in enumerate(m.profiles):
         ub = targets[p.target].max_new_nodes if p.new else p.count
         if ub <= 0:
             continue
         vs = []
+        keys_here = in_use.get(p.group)
+        if keys_here is None:
+            continue
         for kk, pat in enumerate(p.patterns):
-            if not any((p.group, key) in use for key, _ in pat):
+            if keys_here.isdisjoint(p.pattern_keys[kk]):
                 continue
             v = model.new_int_var(0, ub, "")
             z[(pi, kk)] = v
@@ -163,7 +170,7 @@ def solve_round(
             room_c.append(t.gpus_per_node)
     if policy.max_cloud_gpus is not None and room_v:
         model.add(lin.weighted_sum(room_v, room_c) <= max(0, int(m.cap_room)))
-    model.minimize(lin.weighted_sum(ov, oc) + const)
+    _minimize(model, lin.weighted_sum(ov, oc) + const)
 
     if hint is not None:
         _add_hint(m, model, hint, x, saved_by_class, z, wait)
@@ -192,8 +199,9 @@ def solve_round(
     st = solver.solve(model)
     if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
-    xv = {k: int(solver.value(v)) for k, v in x.items()}
-    zv = {k: int(solver.value(v)) for k, v in z.items()}
+    sol = solver.response_proto.solution  # a variable's value is its entry there, as `solver.value` reads it
+    xv = {k: int(sol[v.index]) for k, v in x.items()}
+    zv = {k: int(sol[v.index]) for k, v in z.items()}
     return RoundResult(
         {k: v for k, v in xv.items() if v > 0},
         {k: v for k, v in zv.items() if v > 0},
@@ -203,6 +211,18 @@ def solve_round(
         solver.wall_time,
         solver.deterministic_time,
     )
+
+
+def _minimize(model: cp_model.CpModel, obj: cp_model.LinearExpr) -> None:
+    """`model.minimize(obj)` for an integer expression, writing the flattened terms in bulk rather than one by
+    one: the same objective in the model."""
+    model.clear_objective()
+    flat = cmh.FlatIntExpr(obj)
+    proto = model.proto.objective
+    proto.vars.extend([v.index for v in flat.vars])
+    proto.scaling_factor = 1.0
+    proto.offset = flat.offset
+    proto.coeffs.extend(flat.coeffs)
 
 
 def _add_hint(
@@ -237,21 +257,27 @@ def _add_hint(
         if groups:
             g = max(groups, key=lambda gi: m.groups[gi].ready)
             hx[(ci, g)] = hx.get((ci, g), 0) + 1
-    for key, v in x.items():
-        model.add_hint(v, hx.get(key, 0))
+    # Hints in the order `model.add_hint` would add them, written in bulk (every variable here is positive).
+    hv = [v.index for v in x.values()]
+    hval = [hx.get(key, 0) for key in x]
     for ci, sv in saved_by_class.items():
         c = m.classes[ci]
         u = sum(hx.get((ci, g), 0) for g, _ in c.options if (ci, g) in x)
         ws = sorted((wait[i] for i in c.members), reverse=True)
-        model.add_hint(sv, sum(ws[:u]))
+        hv.append(sv.index)
+        hval.append(int(sum(ws[:u])))
     hz: dict[tuple[int, int], int] = {}
     for node, need in per_node.items():
         pi = node_prof[node]
         kk = dominating(m.profiles[pi].patterns, need)
         if kk is not None:
             hz[(pi, kk)] = hz.get((pi, kk), 0) + 1
-    for key, v in z.items():
-        model.add_hint(v, hz.get(key, 0))
+    hv.extend(v.index for v in z.values())
+    hval.extend(hz.get(key, 0) for key in z)
+    if hv:
+        hint = model.proto.solution_hint
+        hint.vars.extend(hv)
+        hint.values.extend(hval)
 
 
 def bind(m: Structure, r: RoundResult, wait: Sequence[int]) -> Ledger:

@@ -43,6 +43,7 @@ class Profile:
     new: bool
     nodes: list[str]
     patterns: list[Pattern] = field(default_factory=list)
+    pattern_keys: list[tuple[int, ...]] = field(default_factory=list)  # per pattern: the size keys in it
 
     @property
     def count(self) -> int:
@@ -180,6 +181,7 @@ class Structure:
             prof.patterns = [tuple((singles[i], n) for i, n in p) for p in pats]
             if prof.idle:
                 prof.patterns += [((k, 1),) for k in gangs if _fits(self.keys[k][1:], prof.cap)]
+            prof.pattern_keys = [tuple(k for k, _ in pat) for pat in prof.patterns]
 
     def _group_fits(self, gi: int, k: int, nodes: int) -> bool:
         memo = self.group_ok.get((gi, k, nodes))
