@@ -88,6 +88,8 @@ class _Static:
         ]
         self.nodes = [(ti, n.name, n.free_gpus, n.free_cpu, n.free_memory_gib, n.ready_in_h, n.idle)
                       for ti, t in enumerate(targets) for n in t.nodes]
+        # whether a new node's overhead is no saving (never negative): options then cost at least their floor
+        self.over_ok = [new_node_cost(t, problem.policy) >= 0 for t in targets]
         # the forecasts and wait costs of plans priced so far, by what decides them (see assemble.py)
         self.priced: dict[tuple, tuple] = {}
 
@@ -383,12 +385,18 @@ class Ledger:
             if slot is None and not fresh:
                 continue
             run = run_cost(job, t)
-            # Every option on a target costs at least its run cost, and targets come cheapest first ...
-            if best is not None and run > best.cost:
-                break
-            # ... and at least the delay until the target's earliest node can be ready.
-            if best is not None and run + delay_cost(job, floor) > best.cost:
-                continue
+            if best is not None:
+                # Every option on a target costs at least its run cost, and targets come cheapest first ...
+                if run > best.cost:
+                    break
+                # ... and at least the delay until the target's earliest node can be ready.
+                least = run + delay_cost(job, floor)
+                if least > best.cost:
+                    continue
+                # An option that can at best tie loses the tie to one of an earlier kind or target.
+                if least == best.cost and ((0 if t.kind == "onprem" else 1), ti) > best_key[1:] and (
+                        job.value_of_time >= 0 and self._st.over_ok[ti]):
+                    continue
             opt: Option | None = None
             if slot is not None:
                 opt = Option(ti, (slot.name,), 0, slot.ready, run + delay_cost(job, slot.ready))
