@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench bench-observe bench-policies clean
+.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ bench: $(STAMP)
 # Spillover against the Starburst baselines on the shared workloads; results in simulations/results/
 bench-policies: $(STAMP)
 	$(BIN)/python -m simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),) $(if $(POINTS),--points $(POINTS),)
+
+# The whole shared workloads under every policy (about an hour and a half); results in simulations/results/*-full/
+bench-full: $(STAMP)
+	$(BIN)/python -m simulations.bench_policies --scenario gavel-full,philly-full
+
+# How long `spillover simulate` takes on the whole of gavel-synth-dev.csv (20,000 jobs), No-Wait and spillover-job
+bench-replay: $(STAMP)
+	$(BIN)/python -m simulations.bench_replay
+
+# Cycle time against the number of finished jobs in the store
+bench-cycle: $(STAMP)
+	$(BIN)/python -m simulations.bench_cycle
 
 bench-observe: $(STAMP)
 	$(BIN)/python -m simulations.bench_observe --nodes 1000 --pods 5000
