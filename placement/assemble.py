@@ -110,6 +110,7 @@ def plan_forecasts(problem: PlacementProblem, ledger: Ledger) -> list[Forecast]:
 
 # Plans of a short queue priced during one solve often bind the same jobs to the same on-prem nodes (a round
 # finds greedy's plan again, holding back puts a job back): their forecasts are the same, kept per problem.
+PRICED_MEMO = True  # tests turn it off to price every plan afresh
 PRICED_MAX_JOBS = 500
 PRICED_KEPT = 64
 
@@ -117,7 +118,7 @@ PRICED_KEPT = 64
 def _forecast_waits(problem: PlacementProblem, ledger: Ledger) -> tuple[list[Forecast], list[float]]:
     """`plan_forecasts` and `job_wait_costs` of the ledger, which depend only on its on-prem bindings and on
     which jobs are bound (the probes), never on how the ledger got there."""
-    if len(problem.jobs) > PRICED_MAX_JOBS:
+    if not PRICED_MEMO or len(problem.jobs) > PRICED_MAX_JOBS:
         fc = plan_forecasts(problem, ledger)
         return fc, job_wait_costs(problem, fc)
     targets = problem.targets

@@ -61,6 +61,7 @@ from placement.work import CPSAT_DTIME_PER_UNIT, Work, cpsat_work, greedy_work, 
 CPSAT_ROUNDS: list[tuple[str, float]] = [("start", 0.0), ("greedy", 0.5), ("best", 0.25)]
 LP_PRESSURE = 0.5  # queue pressure in the LP whose rounding starts the search
 CPSAT_MAX_PAIRS = 40_000  # (job, target) pairs; beyond, e.g. 10,000 x 50, the LP search takes over
+REUSE_BOUND = True  # a solution bound in an earlier round takes that round's plan again; tests turn it off
 
 
 def queue_pressure(problem: PlacementProblem, cur: Settled) -> tuple[list[float], dict[int, float]]:
@@ -251,7 +252,7 @@ def cpsat_settled(
     schedule = CPSAT_ROUNDS
     solved = 0  # rounds after the first LP rounding that found a plan
     tried: set[tuple] = set()
-    bound: dict[tuple, tuple[Settled, float]] = {}
+    bound: dict[tuple, tuple[Settled, float]] | None = {} if REUSE_BOUND else None
     for k, (origin, pressure) in enumerate(schedule):
         left = deadline - time.perf_counter() - overhead if work is None else work.left - overhead
         if m is None or (left < 0.05 and solved):

@@ -14,6 +14,8 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import placement.assemble as assemble
+import placement.cpsat as cpsat
 from placement import JobDemand, Node, PlacementProblem, Plan, Policy, Release, Target, check_plan, solve
 from placement.assemble import priced, runs_now
 from placement.certify import proven_optimal
@@ -93,6 +95,23 @@ def full_search() -> Iterator[None]:
         solve_module.SOLE_OPTIMUM = saved
 
 
+@contextmanager
+def nothing_kept() -> Iterator[None]:
+    """The search without what it keeps within a solve: every round's solution is bound and re-priced, every
+    plan's forecast computed afresh."""
+    saved = cpsat.REUSE_BOUND, assemble.PRICED_MEMO
+    cpsat.REUSE_BOUND, assemble.PRICED_MEMO = False, False
+    try:
+        yield
+    finally:
+        cpsat.REUSE_BOUND, assemble.PRICED_MEMO = saved
+
+
+def fingerprint(plan: Plan) -> tuple:
+    """Everything a plan says but its solve time."""
+    return decided(plan), plan.solver, plan.status, plan.lower_bound
+
+
 def decided(plan: Plan) -> tuple:
     """What a plan decides: decisions with their nodes and start times, new nodes, objective."""
     return (tuple((d.job_id, d.action, d.target, d.nodes, d.start_h, d.wait_target, d.reason, d.cost)
@@ -119,6 +138,21 @@ def test_solve_decides_as_the_full_search_on_short_queues(small: list[PlacementP
             shortcuts += 1
     # the shortcut must have been taken, or this test shows nothing
     assert shortcuts >= 25
+
+
+@pytest.mark.parametrize("work_limit", [None, 2.0])
+def test_what_the_search_keeps_within_a_solve_changes_no_plan(small: list[PlacementProblem],
+                                                               work_limit: float | None) -> None:
+    reused = 0
+    for p in small[:250]:
+        p = replace(p, policy=replace(p.policy, work_limit=work_limit))
+        with full_search():
+            kept = solve(p)
+            with nothing_kept():
+                fresh = solve(replace(p))  # another problem object: nothing kept from the solve above
+        assert fingerprint(kept) == fingerprint(fresh), p
+        reused += kept.solver == "cp-sat"
+    assert reused >= 30  # the search ran, and with it what it keeps
 
 
 def test_a_sole_optimum_is_the_plan_every_search_returns(small: list[PlacementProblem]) -> None:
