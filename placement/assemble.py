@@ -64,6 +64,8 @@ class Settled:
         self.bound: float | None = None  # the LP bound under this plan's own pricing, once a search solved it
         # the LP model a search built, and its last duals, to bound this plan with
         self.lp: tuple[LinearModel, np.ndarray | None] | None = None
+        # what holding on-prem capacity in this plan costs the queue (see `cpsat.queue_pressure`), once asked
+        self.pressure: tuple[list[float], dict[int, float]] | None = None
         self._plan: Plan | None = None
 
     @property

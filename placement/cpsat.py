@@ -113,7 +113,10 @@ class RoundInfo:
 
 def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[list[float], dict[int, float]]:
     """Wait costs and on-prem start charges for a round: `cur`'s forecast plus `pressure` x queue pressure."""
-    ext, rate = queue_pressure(problem, cur)
+    # the pressure of one plan, kept with it: several rounds are priced from the same plan
+    if cur.pressure is None:
+        cur.pressure = queue_pressure(problem, cur)
+    ext, rate = cur.pressure
     waits = [w + pressure * e for w, e in zip(cur.wait_costs, ext)]
     return waits, {ti: pressure * r for ti, r in rate.items()}
 
