@@ -17,12 +17,14 @@ behind it) or with EASY backfill as the Starburst simulator runs it (skyburst/cl
 `try_fit_v2`): each plan, the first job that neither starts nor holds a reservation gets one, on the nodes where
 it could start first, if that start comes before its wait budget runs out (a job that would time out first gets
 none and holds nobody back); a reservation is kept from plan to plan, and a job holding one no longer bursts; a
-job starts now only on a node where it leaves every reservation its GPUs. Node fit, node names and new cloud nodes
-go through the same ledger as Spillover's own solvers, so the only difference is the decision rule.
+job starts now only on a node where it leaves every reservation its GPUs. Both queues place a single-node job on
+the first node (in the order of their names) where it fits, as Starburst's first fit does. Node fit, node names and
+new cloud nodes go through the same ledger as Spillover's own solvers, so the only difference is the decision rule.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from bisect import bisect_right
 from collections import defaultdict
@@ -204,21 +206,20 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
         return ok
 
     def start_now(i: int) -> Option | None:
-        """Where job `i` may start on-prem now: the ledger's choice, or, under EASY, a node (its reserved one
-        first, then the tightest) that leaves every reservation its GPUs."""
+        """Where job `i` may start on-prem now: first fit, as Starburst's `try_fit_v2` places jobs (under EASY its
+        reserved node first, and only a node that leaves every other reservation its GPUs); a gang where the
+        ledger puts it."""
         opt = _cheapest(ledger, i, onprem, now_only=True)
-        if opt is None or queue == "fifo" or (leaves_reservations(i, opt) and jobs[i].id not in held):
-            return opt
         job = jobs[i]
-        if job.nodes > 1:
-            return opt if leaves_reservations(i, opt) else None
+        if opt is None or job.nodes > 1:
+            return opt if opt is None or queue == "fifo" or leaves_reservations(i, opt) else None
         own = held.get(job.id)
         slots = [s for (ti, name), s in ledger.slots.items() if ti == opt.target and not s.new and not s.whole
                  and s.ready <= EPS and s.g >= job.gpus and s.c >= job.cpu - EPS and s.m >= job.memory_gib - EPS]
-        slots.sort(key=lambda s: (own is None or s.name not in own.nodes, s.g, s.name))
+        slots.sort(key=lambda s: (own is None or s.name not in own.nodes, _node_order(s.name)))
         for s in slots:
             alt = Option(opt.target, (s.name,), 0, 0.0, opt.cost)
-            if leaves_reservations(i, alt):
+            if queue == "fifo" or leaves_reservations(i, alt):
                 return alt
         return None
 
@@ -226,7 +227,7 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
         """Starburst's try_reserve: the nodes where job `i` could start first, given what runs and what is
         reserved, if it could start there within `within_h` hours (None: ever)."""
         job = jobs[i]
-        best: tuple[float, int, Target, tuple[str, ...]] | None = None  # (start, GPUs left, target, nodes)
+        best: tuple[float, Target, tuple[str, ...]] | None = None  # (start, target, nodes)
         for ti in onprem:
             t = targets[ti]
             if ti not in ledger.feasible_targets(i):
@@ -238,21 +239,19 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
                 for key in keys:
                     at = holds.earliest(key, need, run_h, within_h)
                     if at is not None:
-                        cand = (at, holds.low(key, at, at + run_h), t, (key[1],))  # then the tightest fit
-                        if best is None or (cand[0], cand[1], cand[3]) < (best[0], best[1], best[3]):
-                            best = cand
+                        if best is None or (at, _node_order(key[1])) < (best[0], _node_order(best[3][0])):
+                            best = (at, t, (key[1],))  # the first node that has room first
                 continue
             for at in holds.times(keys):
                 if (within_h is not None and at > within_h + EPS) or (best is not None and at >= best[0]):
                     break
-                room = sorted((holds.low(key, at, at + run_h), key[1]) for key in keys)
-                room = [(left, n) for left, n in room if left >= need]
+                room = sorted((n for (_, n) in keys if holds.low((t.id, n), at, at + run_h) >= need), key=_node_order)
                 if len(room) >= job.nodes:
-                    best = (at, room[0][0], t, tuple(n for _, n in room[:job.nodes]))
+                    best = (at, t, tuple(room[:job.nodes]))
                     break
         if best is None:
             return None
-        at, _, t, nodes = best
+        at, t, nodes = best
         r = Reservation(t.id, nodes, per_node(job, t), job.waited_h + at, job.runtime_h / t.speed)
         windows[job.id] = (at, at + r.runtime_h)
         for n in nodes:
@@ -315,6 +314,11 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
     return Plan(decisions=tuple(_renamed(decisions, ledger, problem)), new_nodes=new_nodes, objective=total,
                 lower_bound=None, solver="baseline", status=f"{burst.name}, {queue}",
                 solve_s=time.perf_counter() - t0, revisit_h=revisit)
+
+
+def _node_order(name: str) -> tuple:
+    """Nodes in the order their names count them (node-2 before node-10): the order first fit goes through."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def _cheapest(ledger: Ledger, i: int, among: list[int], *, now_only: bool) -> Option | None:

@@ -69,6 +69,15 @@ def test_fifo_with_skipping_lets_a_small_job_pass_a_head_that_does_not_fit():
     assert p.decision("small").action is Action.START
 
 
+def test_jobs_go_to_the_first_node_they_fit_as_in_starburst():
+    # node n0 has 4 GPUs free, n1 and n10 have 2: a 2-GPU job takes n0 (first fit), not the tighter n1
+    target = Target("onprem", "onprem", "A100", 8, 96, 1024, 0.0,
+                    nodes=(Node("n10", 2, 96, 1024), Node("n1", 2, 96, 1024), Node("n0", 4, 96, 1024)))
+    for queue in ("fifo", "easy"):
+        assert plan("no-wait", [job("j", 2)], [target, cloud()], queue=queue).decision("j").nodes == ("n0",)
+    assert plan("no-wait", [job("j", 2), job("k", 4)], [target, cloud()]).decision("k").action is Action.BURST
+
+
 def test_easy_backfill_admits_only_jobs_that_do_not_delay_the_heads_reservation():
     # 4 GPUs free now, 4 more at 1 h: the 8-GPU head is reserved for 1 h
     target = onprem([4], releases=(Release(1.0, "n0", 4, 0, 0),))
