@@ -239,7 +239,7 @@ def _plan(problem: PlacementProblem, burst: BurstRule, queue: Queue, held: dict[
                 for key in keys:
                     at = holds.earliest(key, need, run_h, within_h)
                     if at is not None:
-                        if best is None or (at, _node_order(key[1])) < (best[0], _node_order(best[3][0])):
+                        if best is None or (at, _node_order(key[1])) < (best[0], _node_order(best[2][0])):
                             best = (at, t, (key[1],))  # the first node that has room first
                 continue
             for at in holds.times(keys):

@@ -105,6 +105,19 @@ def test_easy_reserves_no_head_that_would_time_out_first_and_lets_the_queue_behi
     assert hasty.decision("long").action is Action.START
 
 
+def test_an_easy_reservation_goes_to_the_node_with_room_first_then_the_first_node():
+    def busy(ends: dict[str, float]) -> Target:
+        return Target("onprem", "onprem", "A100", 8, 96, 1024, 0.0,
+                      nodes=tuple(Node(n, 0, 96, 1024) for n in ends),
+                      releases=tuple(Release(at, n, 8, 0, 0) for n, at in ends.items()))
+
+    def reserved(target: Target) -> str:
+        return plan("onprem-only", [job("head", 8)], [target], queue="easy").decision("head").reason
+
+    assert "in 1.00 h on n1" in reserved(busy({"n0": 2.0, "n1": 1.0}))
+    assert "in 1.00 h on n0" in reserved(busy({"n1": 1.0, "n0": 1.0}))
+
+
 def test_easy_reservations_are_kept_between_plans_and_a_reserved_job_does_not_burst():
     # budgets: 0.1 x 8 GPUs x 2 h = 1.6 h for head and next, 16 h for third
     solve = baseline_solver(rule("compute-wait", k=0.1), "easy")  # one solver, as one replay uses it
