@@ -53,16 +53,15 @@ def ledger_entries(cluster: CloudCluster | OnPremCluster, state: ClusterState, s
     for st in state.jobs.values():
         if st.started_at is not None and st.phase in _RAN:
             for n in st.nodes:
-                on_node.setdefault(n, []).append(st)
+                if node_since is None or n in node_since:
+                    on_node.setdefault(n, []).append(st)
     cloud = isinstance(cluster, CloudCluster)
     pools = {p.name: p for p in cluster.pools} if cloud else {}
     name = cluster.name
     cloud_name = getattr(cluster.cloud, "value", cluster.cloud) if cloud else "onprem"
     region = cluster.region if cloud else ""
-    for node in state.nodes:
+    for node in state.nodes if node_since is None else [n for n in state.nodes if n.name in node_since]:
         if node_since is not None:
-            if node.name not in node_since:
-                continue
             since = node_since[node.name]
         pool = pools.get(node.pool or "") if cloud else None
         if cloud and pool is None:
