@@ -8,7 +8,10 @@ is filled with long jobs and a queue is left waiting, and it measures:
 - steady cycles: nothing changes (the loop re-plans now and then, as it does in production); commits counted;
 - busy cycles: a job arrives every cycle and is placed.
 
-    .venv/bin/python -m simulations.bench_cycle [--history 0,5000,10000,20000] [--cycles 300]
+On SQLite every history's store is open at once and they take their cycles in turns (`--rounds`), so a change in
+the machine's speed meanwhile falls on all of them alike.
+
+    .venv/bin/python -m simulations.bench_cycle [--history 0,5000,10000,20000] [--cycles 300] [--rounds 10]
         [--store-url postgresql+psycopg://...] [--out simulations/results/cycle]
 
 Writes results.json, summary.md and cycle.png (cycle time against history) under OUT.
@@ -22,6 +25,7 @@ import math
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler.clock import SimClock
@@ -54,7 +58,27 @@ def _probe(i: int, gpus: int, hours: float) -> JobSpec:
     return JobSpec(name=f"probe-{i:05d}", queue="probe", image="img:1", gpus=gpus, estimated_runtime_s=hours * 3600)
 
 
-def measure(url: str, history: int, workload: Path, cycles: int) -> dict:
+@dataclass
+class Bench:
+    """One store with its history and a loop started on it, and the cycles measured on it so far."""
+    history: int
+    replay_s: float
+    start_s: float
+    store: Store
+    clock: SimClock
+    loop: ControlLoop
+    config: SpilloverConfig
+    base: int
+    steady: list[float] = field(default_factory=list)
+    steady_cpu: list[float] = field(default_factory=list)
+    commits: int = 0
+    busy: list[float] = field(default_factory=list)
+    busy_cpu: list[float] = field(default_factory=list)
+
+
+def prepare(url: str, history: int, workload: Path) -> Bench:
+    """A store holding the first `history` jobs of the workload, finished, and a new loop on it with on-prem full
+    and a queue waiting."""
     config = _config(url)
     store = Store(url)
     clock = SimClock()
@@ -81,34 +105,47 @@ def measure(url: str, history: int, workload: Path, cycles: int) -> dict:
     for _ in range(3):
         clock.advance(config.loop.interval_s)
         loop.run_cycle()
-    steady, steady_cpu, commits = [], [], 0
-    for _ in range(cycles):
-        clock.advance(config.loop.interval_s)
+    return Bench(finished, replay_s, start_s, store, clock, loop, config, base)
+
+
+def sample(b: Bench, steady: int, busy: int) -> None:
+    """Run `steady` steady cycles, then `busy` with an arrival each, timing every one."""
+    interval = b.config.loop.interval_s
+    for _ in range(steady):
+        b.clock.advance(interval)
         t0, c0 = time.perf_counter(), time.process_time()
-        r = loop.run_cycle()
-        steady.append(time.perf_counter() - t0)
-        steady_cpu.append(time.process_time() - c0)
-        commits += r.commits
-    busy, busy_cpu = [], []
-    for i in range(max(1, cycles // 3)):
-        clock.advance(config.loop.interval_s)
-        loop.submitted(store.submit([_probe(base + 1000 + i, 1, 1.0)], now=clock.now()))
+        r = b.loop.run_cycle()
+        b.steady.append(time.perf_counter() - t0)
+        b.steady_cpu.append(time.process_time() - c0)
+        b.commits += r.commits
+    for _ in range(busy):
+        b.clock.advance(interval)
+        b.loop.submitted(b.store.submit([_probe(b.base + 1000 + len(b.busy), 1, 1.0)], now=b.clock.now()))
         t0, c0 = time.perf_counter(), time.process_time()
-        loop.run_cycle()
-        busy.append(time.perf_counter() - t0)
-        busy_cpu.append(time.process_time() - c0)
-    pending = store.count_by_state().get(JobState.PENDING, 0)
-    store.close()
+        b.loop.run_cycle()
+        b.busy.append(time.perf_counter() - t0)
+        b.busy_cpu.append(time.process_time() - c0)
+
+
+def summary(b: Bench) -> dict:
+    pending = b.store.count_by_state().get(JobState.PENDING, 0)
+    b.store.close()
     return {
-        "history_jobs": finished, "replay_s": round(replay_s, 1), "start_ms": round(start_s * 1e3, 2),
-        "steady_ms_median": round(statistics.median(steady) * 1e3, 3),
-        "steady_ms_p90": round(sorted(steady)[int(0.9 * len(steady))] * 1e3, 3),
-        "steady_cpu_ms_median": round(statistics.median(steady_cpu) * 1e3, 3),
-        "steady_commits": commits, "steady_cycles": len(steady),
-        "busy_ms_median": round(statistics.median(busy) * 1e3, 3),
-        "busy_cpu_ms_median": round(statistics.median(busy_cpu) * 1e3, 3), "busy_cycles": len(busy),
+        "history_jobs": b.history, "replay_s": round(b.replay_s, 1), "start_ms": round(b.start_s * 1e3, 2),
+        "steady_ms_median": round(statistics.median(b.steady) * 1e3, 3),
+        "steady_ms_p90": round(sorted(b.steady)[int(0.9 * len(b.steady))] * 1e3, 3),
+        "steady_cpu_ms_median": round(statistics.median(b.steady_cpu) * 1e3, 3),
+        "steady_commits": b.commits, "steady_cycles": len(b.steady),
+        "busy_ms_median": round(statistics.median(b.busy) * 1e3, 3),
+        "busy_cpu_ms_median": round(statistics.median(b.busy_cpu) * 1e3, 3), "busy_cycles": len(b.busy),
         "pending_at_end": pending,
     }
+
+
+def measure(url: str, history: int, workload: Path, cycles: int) -> dict:
+    b = prepare(url, history, workload)
+    sample(b, cycles, max(1, cycles // 3))
+    return summary(b)
 
 
 def report(out: Path, rows: list[dict], backend: str) -> None:
@@ -154,22 +191,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--history", default="0,5000,10000,20000")
     ap.add_argument("--cycles", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=10, help="turns the histories take (SQLite only)")
     ap.add_argument("--workload", type=Path, default=WORKLOADS / "gavel-synth-dev.csv")
     ap.add_argument("--store-url", default=None, help="a PostgreSQL database to use (emptied first); default: a "
                     "new SQLite file per history size")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "cycle")
     args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.history.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         measure(f"sqlite:///{Path(tmp) / 'warm-up.db'}", 0, args.workload, args.cycles)  # imports, caches
-        for i, n in enumerate(int(x) for x in args.history.split(",")):
-            if args.store_url:
-                url = args.store_url
-                _empty(url)
-            else:
-                url = f"sqlite:///{Path(tmp) / f'history-{i}.db'}"
-            rows.append(measure(url, n, args.workload, args.cycles))
-            print(json.dumps(rows[-1]), flush=True)
+        if args.store_url:  # one database: one history at a time
+            for n in sizes:
+                _empty(args.store_url)
+                rows.append(measure(args.store_url, n, args.workload, args.cycles))
+                print(json.dumps(rows[-1]), flush=True)
+        else:
+            # every history's store open at once, their cycles taken in turns, so that a change in the machine's
+            # speed while the benchmark runs (other load, frequency) falls on every history alike
+            benches = [prepare(f"sqlite:///{Path(tmp) / f'history-{i}.db'}", n, args.workload)
+                       for i, n in enumerate(sizes)]
+            rounds = max(1, args.rounds)
+            # all steady cycles first: an arrival's job would change what the steady cycles after it see
+            for steady, busy in ((max(1, args.cycles // rounds), 0), (0, max(1, args.cycles // 3 // rounds))):
+                for _ in range(rounds):
+                    for b in benches:
+                        sample(b, steady, busy)
+            rows = [summary(b) for b in benches]
+            for r in rows:
+                print(json.dumps(r), flush=True)
     report(args.out, rows, "PostgreSQL" if args.store_url else "SQLite file")
     return 0
 
