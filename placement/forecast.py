@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from placement.feasibility import feasible
+from placement.memo import kept
 from placement.order import queue_order
 from placement.types import JobDemand, Node, Policy, Release, Target
 
@@ -51,12 +52,7 @@ class _FNode:
             c[2] += r.cpu
             c[3] += r.memory_gib
         chunks = self.chunks = [by_time[t] for t in sorted(by_time)] if len(by_time) > 1 else [by_time[now]]
-        g = c_ = m = 0
-        for ch in chunks:
-            g += ch[1]
-            c_ += ch[2]
-            m += ch[3]
-        self.cap = (g, c_, m)
+        self.cap = _capacity(chunks)
         self.version = 0
         # A busy node becomes whole again only if its releases account for every GPU on it.
         self.gang_ok = node.idle or (bool(releases) and self.cap[0] >= gpus_per_node - EPS)
@@ -178,15 +174,10 @@ def _target_nodes(t: Target) -> list[_FNode] | None:
         fn = _FNode.__new__(_FNode)
         fn.name = name
         chunks = fn.chunks = [by_time[x] for x in sorted(by_time)] if len(by_time) > 1 else list(by_time.values())
-        g = c_ = m = 0
-        for ch in chunks:
-            g += ch[1]
-            c_ += ch[2]
-            m += ch[3]
-        fn.cap = (g, c_, m)
+        fn.cap = _capacity(chunks)
         fn.version = 0
         idle = t.nodes[k].idle if k < known else False
-        fn.gang_ok = idle or (name in released and g >= gpn - EPS)
+        fn.gang_ok = idle or (name in released and fn.cap[0] >= gpn - EPS)
         out.append(fn)
     return out
 
@@ -234,20 +225,24 @@ class _Template:
 
 # A solve forecasts the same targets many times; their starting state is built once. Keyed by the identity of
 # the (immutable) tuple, which the entry keeps alive so that the identity cannot be reused meanwhile.
-_TEMPLATES: dict[int, _Template] = {}
+def _capacity(chunks: Sequence[list]) -> tuple[float, float, float]:
+    """GPUs, CPUs and memory a node's chunks free in all."""
+    g = c = m = 0
+    for ch in chunks:
+        g += ch[1]
+        c += ch[2]
+        m += ch[3]
+    return (g, c, m)
+
+
+_TEMPLATES: dict[int, tuple[tuple[Target, ...], _Template]] = {}
 _TEMPLATES_KEPT = 8
 
 
 def _template(targets: Sequence[Target]) -> _Template:
     if not isinstance(targets, tuple):
         return _Template(targets)
-    tpl = _TEMPLATES.get(id(targets))
-    if tpl is None or tpl.source is not targets:
-        tpl = _Template(targets)
-        while len(_TEMPLATES) >= _TEMPLATES_KEPT:
-            _TEMPLATES.pop(next(iter(_TEMPLATES)), None)
-        _TEMPLATES[id(targets)] = tpl
-    return tpl
+    return kept(_TEMPLATES, targets, _Template, _TEMPLATES_KEPT)
 
 
 class ForecastState:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from placement.costs import delay_cost, new_node_cost, run_cost
 from placement.feasibility import feasible
+from placement.memo import kept
 from placement.types import JobDemand, PlacementProblem, Target
 
 EPS = 1e-9
@@ -96,18 +97,12 @@ class _Static:
 
 # A solve builds many ledgers of one problem. Keyed by the identity of the (immutable) problem, which the entry
 # keeps alive so that the identity cannot be reused meanwhile.
-_STATICS: dict[int, _Static] = {}
+_STATICS: dict[int, tuple[PlacementProblem, _Static]] = {}
 _STATICS_KEPT = 4
 
 
 def _static(problem: PlacementProblem) -> _Static:
-    st = _STATICS.get(id(problem))
-    if st is None or st.problem is not problem:
-        st = _Static(problem)
-        while len(_STATICS) >= _STATICS_KEPT:
-            _STATICS.pop(next(iter(_STATICS)), None)
-        _STATICS[id(problem)] = st
-    return st
+    return kept(_STATICS, problem, _Static, _STATICS_KEPT)
 
 
 class Ledger:
