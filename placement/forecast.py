@@ -223,8 +223,6 @@ class _Template:
         return list(heap)
 
 
-# A solve forecasts the same targets many times; their starting state is built once. Keyed by the identity of
-# the (immutable) tuple, which the entry keeps alive so that the identity cannot be reused meanwhile.
 def _capacity(chunks: Sequence[list]) -> tuple[float, float, float]:
     """GPUs, CPUs and memory a node's chunks free in all."""
     g = c = m = 0
@@ -235,6 +233,8 @@ def _capacity(chunks: Sequence[list]) -> tuple[float, float, float]:
     return (g, c, m)
 
 
+# A solve forecasts the same targets many times; their starting state is built once. Keyed by the identity of
+# the (immutable) tuple, which the entry keeps alive so that the identity cannot be reused meanwhile.
 _TEMPLATES: dict[int, tuple[tuple[Target, ...], _Template]] = {}
 _TEMPLATES_KEPT = 8
 
