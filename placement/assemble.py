@@ -126,7 +126,7 @@ def _forecast_waits(problem: PlacementProblem, ledger: Ledger) -> tuple[list[For
     targets = problem.targets
     key = (tuple((i, ti, names) for i, (ti, names) in sorted(ledger.binding.items())
                  if targets[ti].kind == "onprem"), frozenset(ledger.binding))
-    memo = ledger._st.priced
+    memo = ledger.priced
     hit = memo.get(key)
     if hit is None:
         fc = plan_forecasts(problem, ledger)

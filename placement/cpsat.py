@@ -121,15 +121,9 @@ def _priced(problem: PlacementProblem, cur: Settled, pressure: float) -> tuple[l
     return waits, {ti: pressure * r for ti, r in rate.items()}
 
 
-def _finished(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None) -> Settled:
+def _finished(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None) -> tuple[Settled, float]:
     """`finish` a round's plan in full, as without a work budget (a round's plan then depends on its solve
-    alone, not on the budget left), charging what that cost to `work`."""
-    return _finished_charged(problem, ledger, status, work)[0]
-
-
-def _finished_charged(problem: PlacementProblem, ledger: Ledger, status: str, work: Work | None
-                      ) -> tuple[Settled, float]:
-    """`_finished`, and the work it charged."""
+    alone, not on the budget left), charging what that cost to `work`; the plan and the work charged."""
     if work is None:
         return finish(problem, ledger, "cp-sat", status), 0.0
     meter = work.meter()
@@ -176,7 +170,7 @@ def _cpsat_round(
         if work is not None:
             work.spend(seen[1])
     else:
-        settled, charged = _finished_charged(problem, bind(m, res, wait), res.status, work)
+        settled, charged = _finished(problem, bind(m, res, wait), res.status, work)
         if bound is not None:
             bound[key] = (settled, charged)
     took = time.perf_counter() - t0
@@ -201,7 +195,7 @@ def _lp_round(
         work.spend(lp_work(lp[1].options, lp[1].columns, lp[1].rounds))
     if lp is None:
         return None
-    settled = _finished(problem, lp[0], "lp-rounded", work)
+    settled, _ = _finished(problem, lp[0], "lp-rounded", work)
     took = time.perf_counter() - t0
     used = 0.0 if work is None else before - work.left
     return settled, RoundInfo("lp-rounded", lp[1].value, lp[1].value, settled.objective, took, took, used,

@@ -136,6 +136,8 @@ class Ledger:
         self._tver = [0] * n_targets
         self._slot_memo: dict[tuple, tuple[int, Slot | None]] = {}
         self._cands = st.cands
+        # the forecasts and wait costs of this problem's plans priced so far (see assemble.py)
+        self.priced = st.priced
         self.target_index = st.target_index
         self._max_new = st.max_new
         self._gpn = st.gpn
