@@ -1,8 +1,8 @@
-"""Alembic environment for the store: runs on the connection the store hands over (see scheduler/store.py)."""
+"""Alembic environment for the store: runs on the connection the store hands over (see scheduler/tables.py)."""
 
 from alembic import context
 
-from scheduler.store import Base
+from scheduler.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
