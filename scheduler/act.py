@@ -12,7 +12,8 @@ from scheduler.context import FINAL_ERRORS, LoopContext, log
 from scheduler.health import POOL_ERRORS, Health
 from scheduler.model import JobState
 from scheduler.problem import TargetRef
-from scheduler.store import Job, NewAction
+from scheduler.records import NewAction
+from scheduler.store import Job
 from scheduler.sync import confirm_dispatch
 
 # A waiting job's reason is rewritten when its gist changes, or at most this often when only its figures do.

@@ -15,7 +15,8 @@ from scheduler.config import SpilloverConfig
 from scheduler.journal import Journal
 from scheduler.model import JobState
 from scheduler.state import WorkingState
-from scheduler.store import ActionDone, Job, NewAction, NewEvent, Store
+from scheduler.records import ActionDone, Job, NewAction, NewEvent
+from scheduler.store import Store
 
 log = logging.getLogger("spillover.loop")
 

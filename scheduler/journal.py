@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from scheduler.state import WorkingState
-from scheduler.store import (Action, ActionDone, Batch, ClusterHealth, Job, JobWrite, LedgerEntry, NewAction,
-                             NewEvent, PoolHealth, Store)
+from scheduler.records import (Action, ActionDone, Batch, ClusterHealth, Job, JobWrite, LedgerEntry, NewAction,
+                               NewEvent, PoolHealth)
+from scheduler.store import Store
 
 
 class Journal:

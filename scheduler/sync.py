@@ -9,7 +9,8 @@ from scheduler.config import CloudCluster
 from scheduler.context import LoopContext
 from scheduler.health import Health
 from scheduler.model import JobState
-from scheduler.store import ActionDone, Job
+from scheduler.records import ActionDone
+from scheduler.store import Job
 
 # A job that sat unschedulable in a cluster is not sent back there for this long.
 AVOID_AFTER_UNSCHEDULABLE_S = 3600.0
