@@ -29,26 +29,26 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python -m simulations.bench_placement --jobs 1000,10000,50000 --targets 50 --runs 3
+	$(BIN)/python -m spillover.simulations.bench_placement --jobs 1000,10000,50000 --targets 50 --runs 3
 
 # Spillover against the Starburst baselines on the shared workloads; results in simulations/results/
 bench-policies: $(STAMP)
-	$(BIN)/python -m simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),) $(if $(POINTS),--points $(POINTS),)
+	$(BIN)/python -m spillover.simulations.bench_policies $(if $(LIMIT),--limit $(LIMIT),) $(if $(POINTS),--points $(POINTS),)
 
 # The whole shared workloads under every policy (about an hour and a half); results in simulations/results/*-full/
 bench-full: $(STAMP)
-	$(BIN)/python -m simulations.bench_policies --scenario gavel-full,philly-full
+	$(BIN)/python -m spillover.simulations.bench_policies --scenario gavel-full,philly-full
 
 # How long `spillover simulate` takes on the whole of gavel-synth-dev.csv (20,000 jobs), No-Wait and spillover-job
 bench-replay: $(STAMP)
-	$(BIN)/python -m simulations.bench_replay
+	$(BIN)/python -m spillover.simulations.bench_replay
 
 # Cycle time against the number of finished jobs in the store
 bench-cycle: $(STAMP)
-	$(BIN)/python -m simulations.bench_cycle
+	$(BIN)/python -m spillover.simulations.bench_cycle
 
 bench-observe: $(STAMP)
-	$(BIN)/python -m simulations.bench_observe --nodes 1000 --pods 5000
+	$(BIN)/python -m spillover.simulations.bench_observe --nodes 1000 --pods 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info spillover-demo.db* .spillover

@@ -1,12 +1,12 @@
 """The placement solver: pure functions from a PlacementProblem (queue, targets, policy) to a Plan."""
 
-from placement.bound import lp_bound
-from placement.check import check_plan
-from placement.cpsat import solve_cpsat
-from placement.forecast import Forecast, forecast_starts
-from placement.greedy import solve_greedy
-from placement.solve import solve
-from placement.types import (
+from spillover.placement.bound import lp_bound
+from spillover.placement.check import check_plan
+from spillover.placement.cpsat import solve_cpsat
+from spillover.placement.forecast import Forecast, forecast_starts
+from spillover.placement.greedy import solve_greedy
+from spillover.placement.solve import solve
+from spillover.placement.types import (
     Action,
     Decision,
     JobDemand,

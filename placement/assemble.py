@@ -11,18 +11,18 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
-from placement import reasons
-from placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
-from placement.forecast import Forecast, forecast_indexed
-from placement.ledger import Blocked, Ledger, Option
-from placement.order import queue_order
-from placement.types import Action, Decision, PlacementProblem, Plan
+from spillover.placement import reasons
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
+from spillover.placement.forecast import Forecast, forecast_indexed
+from spillover.placement.ledger import Blocked, Ledger, Option
+from spillover.placement.order import queue_order
+from spillover.placement.types import Action, Decision, PlacementProblem, Plan
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from placement.relax import LinearModel
-    from placement.work import Work
+    from spillover.placement.relax import LinearModel
+    from spillover.placement.work import Work
 
 TOL = 1e-6
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from placement.costs import wait_cost
-from placement.feasibility import feasible
-from placement.forecast import ForecastState
-from placement.relax import LinearModel, Relaxation
-from placement.types import PlacementProblem
+from spillover.placement.costs import wait_cost
+from spillover.placement.feasibility import feasible
+from spillover.placement.forecast import ForecastState
+from spillover.placement.relax import LinearModel, Relaxation
+from spillover.placement.types import PlacementProblem
 
 
 def alone_wait_costs(problem: PlacementProblem) -> list[float]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 
-from placement.bound import alone_wait_costs
-from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.forecast import EPS
-from placement.ledger import Ledger
-from placement.types import JobDemand, PlacementProblem, Target
+from spillover.placement.bound import alone_wait_costs
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost
+from spillover.placement.forecast import EPS
+from spillover.placement.ledger import Ledger
+from spillover.placement.types import JobDemand, PlacementProblem, Target
 
 # Relative slack for float noise: the plan and the bound add the same costs in a different order.
 REL_TOL = 1e-9

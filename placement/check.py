@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from placement.assemble import job_wait_costs, plan_forecasts
-from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.feasibility import infeasibility
-from placement.ledger import EPS, Ledger
-from placement.types import Action, PlacementProblem, Plan
+from spillover.placement.assemble import job_wait_costs, plan_forecasts
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost
+from spillover.placement.feasibility import infeasibility
+from spillover.placement.ledger import EPS, Ledger
+from spillover.placement.types import Action, PlacementProblem, Plan
 
 
 def _close(a: float, b: float) -> bool:

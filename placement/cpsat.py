@@ -41,18 +41,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from placement.assemble import Settled, finish
-from placement.costs import cents
-from placement.cpsat_round import bind, solve_round
-from placement.greedy import greedy_settled
-from placement.ledger import Ledger
-from placement.lpsearch import lp_search
-from placement.order import queue_order
-from placement.relax import LinearModel, Relaxation
-from placement.rounding import lp_rounded
-from placement.structure import Structure
-from placement.types import PlacementProblem, Plan
-from placement.work import CPSAT_DTIME_PER_UNIT, Work, cpsat_work, greedy_work, lp_work
+from spillover.placement.assemble import Settled, finish
+from spillover.placement.costs import cents
+from spillover.placement.cpsat_round import bind, solve_round
+from spillover.placement.greedy import greedy_settled
+from spillover.placement.ledger import Ledger
+from spillover.placement.lpsearch import lp_search
+from spillover.placement.order import queue_order
+from spillover.placement.relax import LinearModel, Relaxation
+from spillover.placement.rounding import lp_rounded
+from spillover.placement.structure import Structure
+from spillover.placement.types import PlacementProblem, Plan
+from spillover.placement.work import CPSAT_DTIME_PER_UNIT, Work, cpsat_work, greedy_work, lp_work
 
 # Rounds as (plan whose forecast prices waiting, weight of the queue pressure). "start" is the better of
 # greedy and the LP rounding. Chosen on benchmark instances of 50-1,000 jobs: pricing waits by the plan's

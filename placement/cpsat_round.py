@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 from ortools.sat.python import cp_model_helper as cmh
 
-from placement.costs import cents, new_node_cost
-from placement.ledger import Ledger
-from placement.patterns import dominating
-from placement.structure import Key, Structure
+from spillover.placement.costs import cents, new_node_cost
+from spillover.placement.ledger import Ledger
+from spillover.placement.patterns import dominating
+from spillover.placement.structure import Key, Structure
 
 # On very large queues each class keeps only its cheapest options: a restriction of the model (plans stay
 # valid; the LP bound is computed on the unrestricted relaxation).

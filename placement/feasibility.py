@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from placement.types import JobDemand, Policy, Target
+from spillover.placement.types import JobDemand, Policy, Target
 
 
 def infeasibility(job: JobDemand, target: Target, policy: Policy) -> str | None:

@@ -18,10 +18,10 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from placement.feasibility import feasible
-from placement.memo import kept
-from placement.order import queue_order
-from placement.types import JobDemand, Node, Policy, Release, Target
+from spillover.placement.feasibility import feasible
+from spillover.placement.memo import kept
+from spillover.placement.order import queue_order
+from spillover.placement.types import JobDemand, Node, Policy, Release, Target
 
 EPS = 1e-9
 INF = float("inf")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 
-from placement.assemble import Settled, finish, runs_now
-from placement.costs import wait_cost
-from placement.forecast import ForecastState
-from placement.ledger import Ledger
-from placement.order import queue_order
-from placement.types import PlacementProblem, Plan
+from spillover.placement.assemble import Settled, finish, runs_now
+from spillover.placement.costs import wait_cost
+from spillover.placement.forecast import ForecastState
+from spillover.placement.ledger import Ledger
+from spillover.placement.order import queue_order
+from spillover.placement.types import PlacementProblem, Plan
 
 
 def greedy_settled(problem: PlacementProblem) -> Settled:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.feasibility import feasible
-from placement.memo import kept
-from placement.types import JobDemand, PlacementProblem, Target
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost
+from spillover.placement.feasibility import feasible
+from spillover.placement.memo import kept
+from spillover.placement.types import JobDemand, PlacementProblem, Target
 
 EPS = 1e-9
 

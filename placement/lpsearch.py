@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from placement.assemble import Settled, finish, priced
-from placement.forecast import Forecast
-from placement.ledger import Ledger
-from placement.relax import MAX_ROUNDS, LinearModel
-from placement.rounding import bind_relaxation
-from placement.types import PlacementProblem
-from placement.work import Work, lp_work
+from spillover.placement.assemble import Settled, finish, priced
+from spillover.placement.forecast import Forecast
+from spillover.placement.ledger import Ledger
+from spillover.placement.relax import MAX_ROUNDS, LinearModel
+from spillover.placement.rounding import bind_relaxation
+from spillover.placement.types import PlacementProblem
+from spillover.placement.work import Work, lp_work
 
 # The rounding needs a near-optimal LP solution, not the optimum: column generation stops within this
 # relative distance of it, or after this many solves, each class starting from its LP_COLUMNS best options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from placement.types import JobDemand
+from spillover.placement.types import JobDemand
 
 # A solve sorts the same jobs many times; the last few orders are kept, by the identity of the (immutable)
 # tuple of jobs, which each entry keeps alive so that the identity cannot be reused meanwhile.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from placement.feasibility import describe_demand, infeasibility
-from placement.forecast import EPS, Forecast
-from placement.ledger import Blocked, Option, Slot
-from placement.types import JobDemand, Policy, Target
+from spillover.placement.feasibility import describe_demand, infeasibility
+from spillover.placement.forecast import EPS, Forecast
+from spillover.placement.ledger import Blocked, Option, Slot
+from spillover.placement.types import JobDemand, Policy, Target
 
 
 def money(x: float) -> str:

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.linear_solver.python import model_builder_helper as mbh
 
-from placement.costs import new_node_cost
-from placement.feasibility import feasible
-from placement.forecast import EPS
-from placement.patterns import maximal_patterns
-from placement.types import JobDemand, Node, PlacementProblem, Target
+from spillover.placement.costs import new_node_cost
+from spillover.placement.feasibility import feasible
+from spillover.placement.forecast import EPS
+from spillover.placement.patterns import maximal_patterns
+from spillover.placement.types import JobDemand, Node, PlacementProblem, Target
 
 # Reduced costs below this (dollars) count as improving; above it the column cannot lower the objective by
 # more than this per job, which the bound accounts for anyway.

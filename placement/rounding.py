@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.ledger import Ledger
-from placement.relax import LinearModel, Relaxation
-from placement.types import PlacementProblem
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost
+from spillover.placement.ledger import Ledger
+from spillover.placement.relax import LinearModel, Relaxation
+from spillover.placement.types import PlacementProblem
 
 
 def lp_rounded(

@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from placement.assemble import TOL, Settled
-from placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
-from placement.feasibility import feasible
-from placement.forecast import EPS, INF, _FNode, _template
-from placement.order import queue_order
-from placement.types import PlacementProblem, Target
+from spillover.placement.assemble import TOL, Settled
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost, wait_cost
+from spillover.placement.feasibility import feasible
+from spillover.placement.forecast import EPS, INF, _FNode, _template
+from spillover.placement.order import queue_order
+from spillover.placement.types import PlacementProblem, Target
 
 MAX_JOBS = 8
 MAX_STEPS = 400  # branches explored before giving up (the search then runs)

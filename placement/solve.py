@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from placement.bound import lp_bound
-from placement.certify import proven_optimal
-from placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
-from placement.greedy import greedy_settled
-from placement.sole import sole_optimum
-from placement.types import PlacementProblem, Plan
-from placement.work import glop_dtime
+from spillover.placement.bound import lp_bound
+from spillover.placement.certify import proven_optimal
+from spillover.placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
+from spillover.placement.greedy import greedy_settled
+from spillover.placement.sole import sole_optimum
+from spillover.placement.types import PlacementProblem, Plan
+from spillover.placement.work import glop_dtime
 
 # Whether a short queue whose greedy plan is provably the only optimal plan skips the search (which would return
 # that very plan, see sole.py); tests turn it off to compare with the full search.

@@ -11,11 +11,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from placement.costs import cents, delay_cost, run_cost
-from placement.feasibility import feasible
-from placement.order import queue_order
-from placement.patterns import Pattern, maximal_patterns
-from placement.types import JobDemand, PlacementProblem, Target
+from spillover.placement.costs import cents, delay_cost, run_cost
+from spillover.placement.feasibility import feasible
+from spillover.placement.order import queue_order
+from spillover.placement.patterns import Pattern, maximal_patterns
+from spillover.placement.types import JobDemand, PlacementProblem, Target
 
 GRID = 64  # CPU and memory units per node in the patterns
 

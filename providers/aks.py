@@ -35,8 +35,8 @@ from azure.core.polling import LROPoller
 from azure.mgmt.containerservice import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool
 
-from providers.contract import ErrorKind, ProviderError
-from providers.nodepools import PoolSize
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.nodepools import PoolSize
 
 __all__ = ["AKSNodePools", "ControlLoopRetryPolicy", "Scope", "build_client", "classify"]
 

@@ -7,15 +7,16 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scheduler.errors import format_validation_error
-from scheduler.model import Cloud
+from spillover.scheduler.errors import format_validation_error
+from spillover.scheduler.model import Cloud
 
-BUNDLED_CATALOG = Path(__file__).resolve().parents[1] / "config" / "gpu_instances.csv"
+BUNDLED_CATALOG = Path(str(resources.files("spillover.config"))) / "gpu_instances.csv"
 COLUMNS = (
     "cloud",
     "region",

@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from providers.contract import (
+from spillover.providers.contract import (
     Clock,
     ClusterState,
     DispatchRequest,
@@ -24,8 +24,8 @@ from providers.contract import (
     PoolState,
     ProviderError,
 )
-from providers.kubernetes import KubernetesProvider
-from providers.nodepools import NodePoolAPI, PoolSize
+from spillover.providers.kubernetes import KubernetesProvider
+from spillover.providers.nodepools import NodePoolAPI, PoolSize
 
 log = logging.getLogger(__name__)
 

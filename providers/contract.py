@@ -27,7 +27,7 @@ from functools import cached_property
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
-from scheduler.model import JobSpec
+from spillover.scheduler.model import JobSpec
 
 
 class ErrorKind(str, Enum):

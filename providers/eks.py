@@ -29,8 +29,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from providers.contract import ErrorKind, ProviderError
-from providers.nodepools import PoolSize
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.nodepools import PoolSize
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exc
 from google.cloud import container_v1
 
-from providers.contract import ErrorKind, ProviderError
-from providers.nodepools import PoolSize
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.nodepools import PoolSize
 
 __all__ = ["GKENodePools", "PERMISSIONS", "SCOPES"]
 

@@ -17,9 +17,9 @@ from typing import Any, Generic, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from providers.contract import ErrorKind, ProviderError
-from providers.kube_errors import Expired, status_error
-from providers.kube_objects import Json, object_key
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.kube_errors import Expired, status_error
+from spillover.providers.kube_objects import Json, object_key
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from kubernetes.client import Configuration
 from kubernetes.client.exceptions import ApiException, ApiValueError
 from kubernetes.config.config_exception import ConfigException
 
-from providers.contract import ErrorKind, ProviderError
+from spillover.providers.contract import ErrorKind, ProviderError
 
 _MAX_DETAIL = 300
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")

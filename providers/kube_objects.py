@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
-from providers.contract import DispatchRequest, JobPhase, JobStatus
-from providers.kube_settings import (
+from spillover.providers.contract import DispatchRequest, JobPhase, JobStatus
+from spillover.providers.kube_settings import (
     HOSTNAME_LABEL,
     JOB_ID_LABEL,
     MANAGED_BY,

@@ -25,7 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from providers.contract import (
+from spillover.providers.contract import (
     Clock,
     ClusterState,
     DispatchRequest,
@@ -35,9 +35,9 @@ from providers.contract import (
     PoolState,
     ProviderError,
 )
-from providers.kube_cache import ErrorSink, Reflector
-from providers.kube_errors import Redactor, classify, first, safe_host, status_body
-from providers.kube_objects import (
+from spillover.providers.kube_cache import ErrorSink, Reflector
+from spillover.providers.kube_errors import Redactor, classify, first, safe_host, status_body
+from spillover.providers.kube_objects import (
     TERMINAL_POD_PHASES,
     Json,
     JobRecord,
@@ -49,7 +49,7 @@ from providers.kube_objects import (
     node_record,
     pod_record,
 )
-from providers.kube_settings import JOB_ID_LABEL, MANAGED_BY, MANAGER, REQUEST_ID_ANNOTATION, KubeSettings, PoolInfo
+from spillover.providers.kube_settings import JOB_ID_LABEL, MANAGED_BY, MANAGER, REQUEST_ID_ANNOTATION, KubeSettings, PoolInfo
 
 __all__ = ["KubeSettings", "KubernetesProvider", "PoolInfo"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from providers.contract import ProviderError
+from spillover.providers.contract import ProviderError
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class SignalReading:
 
 
 class PrometheusSettings(Protocol):
-    """What `PrometheusSignals.from_config` needs; `scheduler.config.PrometheusConfig` has it."""
+    """What `PrometheusSignals.from_config` needs; `spillover.scheduler.config.PrometheusConfig` has it."""
 
     url: str
     timeout_s: float

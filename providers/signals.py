@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Protocol
 
-from providers.contract import ClusterProvider, ClusterState, DispatchRequest, JobStatus, ProviderError
+from spillover.providers.contract import ClusterProvider, ClusterState, DispatchRequest, JobStatus, ProviderError
 
 
 class _Reading(Protocol):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from providers.contract import (
+from spillover.providers.contract import (
     Clock,
     ClusterState,
     DispatchRequest,
@@ -28,7 +28,7 @@ from providers.contract import (
     PoolState,
     ProviderError,
 )
-from scheduler.model import JobSpec
+from spillover.scheduler.model import JobSpec
 
 EPS = 1e-9
 _PENDING = JobPhase.PENDING.value

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
-from providers.contract import ClusterState
-from scheduler.context import LoopContext
-from scheduler.costs import HOUR, ledger_entries
-from scheduler.store import Job
+from spillover.providers.contract import ClusterState
+from spillover.scheduler.context import LoopContext
+from spillover.scheduler.costs import HOUR, ledger_entries
+from spillover.scheduler.store import Job
 
 
 class Accrual:

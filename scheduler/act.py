@@ -5,16 +5,16 @@ a crash loses nothing."""
 
 from __future__ import annotations
 
-from placement import Action as Decide
-from placement import Plan
-from providers.contract import ClusterProvider, DispatchRequest, ErrorKind
-from scheduler.context import FINAL_ERRORS, LoopContext, log
-from scheduler.health import POOL_ERRORS, Health
-from scheduler.model import JobState
-from scheduler.problem import TargetRef
-from scheduler.records import NewAction
-from scheduler.store import Job
-from scheduler.sync import confirm_dispatch
+from spillover.placement import Action as Decide
+from spillover.placement import Plan
+from spillover.providers.contract import ClusterProvider, DispatchRequest, ErrorKind
+from spillover.scheduler.context import FINAL_ERRORS, LoopContext, log
+from spillover.scheduler.health import POOL_ERRORS, Health
+from spillover.scheduler.model import JobState
+from spillover.scheduler.problem import TargetRef
+from spillover.scheduler.records import NewAction
+from spillover.scheduler.store import Job
+from spillover.scheduler.sync import confirm_dispatch
 
 # A waiting job's reason is rewritten when its gist changes, or at most this often when only its figures do.
 REASON_REFRESH_S = 300.0

@@ -21,12 +21,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scheduler.clock import RealClock
-from scheduler.config import CloudCluster, SpilloverConfig, load_config
-from scheduler.errors import UnknownQueueError, UserError, JobSpecError
-from scheduler.model import JobSpec, JobState
+from spillover.scheduler.clock import RealClock
+from spillover.scheduler.config import BUNDLED_DATA, EXAMPLE_CONFIG, CloudCluster, SpilloverConfig, load_config
+from spillover.scheduler.errors import UnknownQueueError, UserError, JobSpecError
+from spillover.scheduler.model import JobSpec, JobState
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "spillover.example.yaml"
 
 app = typer.Typer(help="Spillover: one global queue for GPU training jobs across on-prem and cloud clusters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -77,7 +76,7 @@ def _config(path: Path | None) -> SpilloverConfig:
 
 
 def _store(config: SpilloverConfig):
-    from scheduler.store import Store
+    from spillover.scheduler.store import Store
 
     return Store(config.store.url)
 
@@ -139,7 +138,7 @@ def prices_refresh(
         help="API key instead of Application Default Credentials")] = None,
 ) -> None:
     """Re-price the catalog's rows from the AWS, GCP and Azure price APIs; a cloud that fails keeps its rows."""
-    from scheduler.prices_refresh import Endpoints, refresh_command
+    from spillover.scheduler.prices_refresh import Endpoints, refresh_command
 
     with user_errors():
         endpoints = Endpoints(aws=aws_endpoint, azure=azure_url, gcp=gcp_url, gcp_api_key=gcp_api_key)
@@ -180,7 +179,7 @@ def check_against_config(specs: list[JobSpec], config: SpilloverConfig, source: 
 def submit(file: Annotated[Path, typer.Argument(help="TrainingJob YAML or a batch/v1 Job manifest")],
            config: ConfigOpt = None) -> None:
     """Add the job(s) in FILE to the global queue (all of them or none)."""
-    from scheduler.jobspec import load_job_specs
+    from spillover.scheduler.jobspec import load_job_specs
 
     with user_errors():
         specs = load_job_specs(file)
@@ -225,7 +224,7 @@ def jobs(config: ConfigOpt = None,
 @app.command()
 def describe(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None) -> None:
     """Show a job's spec, where it ran, why, and every event."""
-    from scheduler.jobspec import job_spec_to_yaml
+    from spillover.scheduler.jobspec import job_spec_to_yaml
 
     with user_errors():
         cfg = _config(config)
@@ -319,7 +318,7 @@ def cost_report_cmd(config: ConfigOpt = None,
 
 
 def print_cost_report(store, by: str, fmt: str, title: str | None = None) -> None:
-    from scheduler.costs import cost_report
+    from spillover.scheduler.costs import cost_report
 
     rows = cost_report(store, by)
     if fmt == "json":
@@ -356,8 +355,8 @@ def run(config: ConfigOpt = None,
         state_dir: Annotated[Path, typer.Option(help="where simulated clusters keep their state")] = Path(".spillover/sim"),
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run the control loop in the foreground on the configured clusters."""
-    from scheduler.loop import ControlLoop
-    from scheduler.wiring import build_providers
+    from spillover.scheduler.loop import ControlLoop
+    from spillover.scheduler.wiring import build_providers
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -396,7 +395,7 @@ def _crash_hook_from_env():
 
 # ---- simulate ----------------------------------------------------------------------------------------
 
-REFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "simulate" / "reference.yaml"
+REFERENCE_CONFIG = BUNDLED_DATA / "simulate" / "reference.yaml"
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -429,8 +428,8 @@ def simulate(
 ) -> None:
     """Replay a workload through the real loop under Spillover and the baseline burst rules; write results and a
     Pareto plot of cloud cost against average job completion time."""
-    from simulations.simulate import parse_sweeps, plan_runs, run_one, write_results
-    from simulations.workloads import load_workload, to_arrivals
+    from spillover.simulations.simulate import parse_sweeps, plan_runs, run_one, write_results
+    from spillover.simulations.workloads import load_workload, to_arrivals
 
     with user_errors():
         cfg = load_config(config or REFERENCE_CONFIG)
@@ -480,7 +479,7 @@ def demo(jobs: Annotated[int, typer.Option("--jobs", help="jobs in the burst")] 
                                                         help="config (default: the bundled example)")] = None,
          keep: Annotated[Optional[Path], typer.Option(help="keep the demo's store in this SQLite file")] = None) -> None:
     """Replay a burst of jobs on simulated clusters: where they ran, why, and what the cloud cost."""
-    from simulations.demo import placement_summary, run_demo
+    from spillover.simulations.demo import placement_summary, run_demo
 
     with user_errors():
         cfg = load_config(config or EXAMPLE_CONFIG)

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Mapping
+from importlib import resources
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,8 +28,8 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from providers.catalog import Offering, PriceCatalog
-from scheduler.errors import (
+from spillover.providers.catalog import Offering, PriceCatalog
+from spillover.scheduler.errors import (
     ConfigError,
     UnknownClusterError,
     UnknownQueueError,
@@ -37,12 +38,14 @@ from scheduler.errors import (
     format_validation_error,
     validate_with_extra_errors,
 )
-from scheduler.jobspec import read_text, read_yaml_documents
-from scheduler.model import DNS_LABEL, Cloud, ClusterKind
+from spillover.scheduler.jobspec import read_text, read_yaml_documents
+from spillover.scheduler.model import DNS_LABEL, Cloud, ClusterKind
 
 API_VERSION = "spillover/v1alpha1"
 KIND = "SpilloverConfig"
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "config" / "spillover.example.yaml"
+# Shipped inside the package (the source tree's config/ folder), so an installed wheel finds them too.
+BUNDLED_DATA = Path(str(resources.files("spillover.config")))
+EXAMPLE_CONFIG = BUNDLED_DATA / "spillover.example.yaml"
 
 # (cloud, region) of the cloud cluster whose pools are being validated; pools look their instance
 # types up there. Pydantic passes no parent values down, and the validation context is shared.
@@ -683,7 +686,7 @@ def json_schema() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduler.config", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m spillover.scheduler.config", description=__doc__)
     parser.add_argument("--schema", action="store_true", help="print the JSON schema of the config file")
     parser.add_argument("config", nargs="?", type=Path, help="a config file to check")
     args = parser.parse_args(argv)

@@ -8,15 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from placement import Plan, PlacementProblem
-from providers.contract import ClusterProvider, ClusterState, ErrorKind, ProviderError
-from scheduler.clock import Clock
-from scheduler.config import SpilloverConfig
-from scheduler.journal import Journal
-from scheduler.model import JobState
-from scheduler.state import WorkingState
-from scheduler.records import ActionDone, Job, NewAction, NewEvent
-from scheduler.store import Store
+from spillover.placement import Plan, PlacementProblem
+from spillover.providers.contract import ClusterProvider, ClusterState, ErrorKind, ProviderError
+from spillover.scheduler.clock import Clock
+from spillover.scheduler.config import SpilloverConfig
+from spillover.scheduler.journal import Journal
+from spillover.scheduler.model import JobState
+from spillover.scheduler.state import WorkingState
+from spillover.scheduler.records import ActionDone, Job, NewAction, NewEvent
+from spillover.scheduler.store import Store
 
 log = logging.getLogger("spillover.loop")
 

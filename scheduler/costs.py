@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from providers.contract import ClusterState, JobPhase
-from scheduler.config import CloudCluster, OnPremCluster
-from scheduler.store import Job, LedgerEntry, Store
+from spillover.providers.contract import ClusterState, JobPhase
+from spillover.scheduler.config import CloudCluster, OnPremCluster
+from spillover.scheduler.store import Job, LedgerEntry, Store
 
 HOUR = 3600.0
 

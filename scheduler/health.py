@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 
-from providers.contract import ClusterState, ErrorKind, ProviderError
-from scheduler.config import CloudCluster
-from scheduler.context import ACTIVE, LoopContext, log
-from scheduler.model import JobState
+from spillover.providers.contract import ClusterState, ErrorKind, ProviderError
+from spillover.scheduler.config import CloudCluster
+from spillover.scheduler.context import ACTIVE, LoopContext, log
+from spillover.scheduler.model import JobState
 
 # Errors after which a pool cannot give nodes for a while: its waiting jobs go elsewhere, it is left alone.
 POOL_ERRORS = (ErrorKind.STOCKOUT, ErrorKind.QUOTA, ErrorKind.AUTH, ErrorKind.INVALID)

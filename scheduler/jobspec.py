@@ -19,15 +19,15 @@ from pydantic import (
     model_validator,
 )
 
-from scheduler.errors import (
+from spillover.scheduler.errors import (
     JobSpecError,
     custom_error,
     format_validation_error,
     unknown_name_message,
     validate_with_extra_errors,
 )
-from scheduler.model import DNS_LABEL, JobSpec
-from scheduler.units import format_cpu, format_duration, format_memory_gib, parse_cpu, parse_duration_s, parse_memory_gib
+from spillover.scheduler.model import DNS_LABEL, JobSpec
+from spillover.scheduler.units import format_cpu, format_duration, format_memory_gib, parse_cpu, parse_duration_s, parse_memory_gib
 
 API_VERSION = "spillover/v1alpha1"
 KINDS = {API_VERSION: "TrainingJob", "batch/v1": "Job"}

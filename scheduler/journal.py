@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from scheduler.state import WorkingState
-from scheduler.records import (Action, ActionDone, Batch, ClusterHealth, Job, JobWrite, LedgerEntry, NewAction,
+from spillover.scheduler.state import WorkingState
+from spillover.scheduler.records import (Action, ActionDone, Batch, ClusterHealth, Job, JobWrite, LedgerEntry, NewAction,
                                NewEvent, PoolHealth)
-from scheduler.store import Store
+from spillover.scheduler.store import Store
 
 
 class Journal:

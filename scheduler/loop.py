@@ -21,20 +21,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-import placement
-from placement import PlacementProblem, Plan
-from providers.contract import ClusterProvider, ClusterState
-from scheduler.accrual import Accrual
-from scheduler.act import Actor
-from scheduler.clock import Clock
-from scheduler.config import CloudCluster, SpilloverConfig
-from scheduler.context import ACTIVE, CycleReport, LoopContext, log
-from scheduler.health import Health, summarize_signals
-from scheduler.model import JobSpec, JobState
-from scheduler.problem import ProblemBuilder, Snapshot
-from scheduler.scaledown import ScaleDown
-from scheduler.store import Job, Store, new_jobs
-from scheduler.sync import PassiveSync
+from spillover import placement
+from spillover.placement import PlacementProblem, Plan
+from spillover.providers.contract import ClusterProvider, ClusterState
+from spillover.scheduler.accrual import Accrual
+from spillover.scheduler.act import Actor
+from spillover.scheduler.clock import Clock
+from spillover.scheduler.config import CloudCluster, SpilloverConfig
+from spillover.scheduler.context import ACTIVE, CycleReport, LoopContext, log
+from spillover.scheduler.health import Health, summarize_signals
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.problem import ProblemBuilder, Snapshot
+from spillover.scheduler.scaledown import ScaleDown
+from spillover.scheduler.store import Job, Store, new_jobs
+from spillover.scheduler.sync import PassiveSync
 
 __all__ = ["ACTIVE", "ControlLoop", "CycleReport", "RESOLVE_EVERY_S", "summarize_signals"]
 

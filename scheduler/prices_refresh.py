@@ -15,10 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from providers.catalog import BUNDLED_CATALOG, COLUMNS, PriceCatalog
-from providers.prices.common import FetchResult, PriceFetchError, RowSpec, redact
-from scheduler.errors import ConfigError, UserError, unknown_name_message
-from scheduler.jobspec import read_text, read_yaml_documents
+from spillover.providers.catalog import BUNDLED_CATALOG, COLUMNS, PriceCatalog
+from spillover.providers.prices.common import FetchResult, PriceFetchError, RowSpec, redact
+from spillover.scheduler.errors import ConfigError, UserError, unknown_name_message
+from spillover.scheduler.jobspec import read_text, read_yaml_documents
 
 CLOUDS = ("aws", "gcp", "azure")
 DEFAULT_OUT = Path("~/.spillover/gpu_instances.csv")
@@ -88,7 +88,7 @@ Fetcher = Callable[[Sequence[RowSpec], Endpoints], FetchResult]
 
 def _fetchers() -> dict[str, Fetcher]:
     # imported here: boto3 and google-auth take a while to import and only this command needs them
-    from providers.prices import aws, azure, gcp
+    from spillover.providers.prices import aws, azure, gcp
 
     return {
         "aws": lambda rows, ep: aws.fetch(rows, endpoint_url=ep.aws),

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from placement import JobDemand, Node, PlacementProblem, Policy, Release, Target
-from providers.contract import ClusterState, JobPhase, NodeInfo
-from scheduler.config import CloudCluster, OnPremCluster, SpilloverConfig
-from scheduler.model import JobState
-from scheduler.store import Job
+from spillover.placement import JobDemand, Node, PlacementProblem, Policy, Release, Target
+from spillover.providers.contract import ClusterState, JobPhase, NodeInfo
+from spillover.scheduler.config import CloudCluster, OnPremCluster, SpilloverConfig
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Job
 
 # A job running past its estimate is expected to end soon, not at a time already past.
 OVERDUE_GRACE_H = 0.1

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
-from scheduler.model import JobSpec, JobState
-from scheduler.tables import ActionRow
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.tables import ActionRow
 
 
 @dataclass(frozen=True)

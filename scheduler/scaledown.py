@@ -3,10 +3,10 @@ once it has stayed so for the policy's `scale_down_idle_s`; back to zero when id
 
 from __future__ import annotations
 
-from providers.contract import ClusterState
-from scheduler.config import CloudCluster
-from scheduler.context import LoopContext
-from scheduler.model import JobState
+from spillover.providers.contract import ClusterState
+from spillover.scheduler.config import CloudCluster
+from spillover.scheduler.context import LoopContext
+from spillover.scheduler.model import JobState
 
 
 class ScaleDown:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from scheduler.model import JobState
-from scheduler.store import Action, ClusterHealth, Job, PoolHealth, Store
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Action, ClusterHealth, Job, PoolHealth, Store
 
 _ACTIVE = frozenset(s for s in JobState if s.active)
 _TERMINAL = frozenset(s for s in JobState if s.terminal)

@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from scheduler.bulk import Compiled
-from scheduler.errors import StoreUnavailableError, UnknownJobError
-from scheduler.model import JobSpec, JobState
-from scheduler.records import (
+from spillover.scheduler.bulk import Compiled
+from spillover.scheduler.errors import StoreUnavailableError, UnknownJobError
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.records import (
     Action,
     Batch,
     ClusterHealth,
@@ -35,7 +35,7 @@ from scheduler.records import (
     PoolHealth,
     WorkingSet,
 )
-from scheduler.tables import (
+from spillover.scheduler.tables import (
     ActionRow,
     ClusterStatusRow,
     EventRow,

@@ -4,13 +4,13 @@ Nothing here calls a cluster; changes go to the state and its journal."""
 
 from __future__ import annotations
 
-from providers.contract import ClusterState, JobPhase, JobStatus
-from scheduler.config import CloudCluster
-from scheduler.context import LoopContext
-from scheduler.health import Health
-from scheduler.model import JobState
-from scheduler.records import ActionDone
-from scheduler.store import Job
+from spillover.providers.contract import ClusterState, JobPhase, JobStatus
+from spillover.scheduler.config import CloudCluster
+from spillover.scheduler.context import LoopContext
+from spillover.scheduler.health import Health
+from spillover.scheduler.model import JobState
+from spillover.scheduler.records import ActionDone
+from spillover.scheduler.store import Job
 
 # A job that sat unschedulable in a cluster is not sent back there for this long.
 AVOID_AFTER_UNSCHEDULABLE_S = 3600.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ class PoolStatusRow(Base):
     lost_nodes: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # {node: when}, JSON
 
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS = Path(str(resources.files("spillover.scheduler.migrations")))
 
 
 def alembic_config(connection: Any) -> Any:

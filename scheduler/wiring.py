@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from providers.contract import ClusterProvider, PoolSpec
-from providers.nodepools import NodePoolAPI
-from providers.simulated import RuntimeFn, SimNodeGroup, SimulatedCluster
-from scheduler.clock import Clock
-from scheduler.config import AksConfig, CloudCluster, EksConfig, GkeConfig, OnPremCluster, SpilloverConfig
+from spillover.providers.contract import ClusterProvider, PoolSpec
+from spillover.providers.nodepools import NodePoolAPI
+from spillover.providers.simulated import RuntimeFn, SimNodeGroup, SimulatedCluster
+from spillover.scheduler.clock import Clock
+from spillover.scheduler.config import AksConfig, CloudCluster, EksConfig, GkeConfig, OnPremCluster, SpilloverConfig
 
 
 def build_providers(config: SpilloverConfig, clock: Clock, *, state_dir: Path | None = None,
@@ -24,8 +24,8 @@ def build_providers(config: SpilloverConfig, clock: Clock, *, state_dir: Path | 
     for c in config.clusters:
         provider = _build_one(config, c, clock, state_dir, runtime, node_pool_apis or {})
         if c.prometheus is not None:
-            from providers.prometheus import PrometheusSignals
-            from providers.signals import WithSignals
+            from spillover.providers.prometheus import PrometheusSignals
+            from spillover.providers.signals import WithSignals
 
             provider = WithSignals(provider, PrometheusSignals(url=c.prometheus.url, queries=c.prometheus.queries,
                                                                timeout_s=c.prometheus.timeout_s))
@@ -36,12 +36,12 @@ def build_providers(config: SpilloverConfig, clock: Clock, *, state_dir: Path | 
 def _build_one(config: SpilloverConfig, c: OnPremCluster | CloudCluster, clock: Clock, state_dir: Path | None,
                runtime: RuntimeFn, apis: Mapping[str, NodePoolAPI]) -> ClusterProvider:
     if c.provider == "kubernetes":
-        from providers.kubernetes import KubernetesProvider, KubeSettings, PoolInfo
+        from spillover.providers.kubernetes import KubernetesProvider, KubeSettings, PoolInfo
 
         settings = KubeSettings(**c.kubernetes.model_dump())
         if not isinstance(c, CloudCluster):
             return KubernetesProvider(c.name, settings, clock=clock)
-        from providers.cloud import CloudClusterProvider
+        from spillover.providers.cloud import CloudClusterProvider
 
         pools = pool_specs(c)
         api = apis.get(c.name) or node_pool_api(c)
@@ -71,18 +71,18 @@ def node_pool_api(c: CloudCluster) -> NodePoolAPI:
     """The node-pool adapter of a cloud cluster, with the cloud SDK's standard credential chain."""
     section = c.node_pool_api
     if isinstance(section, EksConfig):
-        from providers.eks import EKSNodePools
+        from spillover.providers.eks import EKSNodePools
 
         return EKSNodePools(c.name, cluster_name=section.cluster_name, region=c.region, profile=section.profile,
                             endpoint_url=section.endpoint_url, timeout_s=section.timeout_s,
                             max_attempts=section.max_attempts)
     if isinstance(section, GkeConfig):
-        from providers.gke import GKENodePools
+        from spillover.providers.gke import GKENodePools
 
         return GKENodePools(c.name, project=section.project, location=section.location,
                             cluster_name=section.cluster_name, endpoint=section.endpoint, timeout_s=section.timeout_s)
     if isinstance(section, AksConfig):
-        from providers.aks import AKSNodePools
+        from spillover.providers.aks import AKSNodePools
 
         return AKSNodePools(c.name, subscription_id=section.subscription_id, resource_group=section.resource_group,
                             cluster_name=section.cluster_name, base_url=section.base_url, timeout_s=section.timeout_s)

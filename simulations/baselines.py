@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from placement.costs import delay_cost, new_node_cost, run_cost
-from placement.ledger import Ledger, Option
-from placement.order import queue_order
-from placement.types import Action, Decision, JobDemand, PlacementProblem, Plan, Target
+from spillover.placement.costs import delay_cost, new_node_cost, run_cost
+from spillover.placement.ledger import Ledger, Option
+from spillover.placement.order import queue_order
+from spillover.placement.types import Action, Decision, JobDemand, PlacementProblem, Plan, Target
 
 Queue = Literal["fifo", "easy"]
 POLICIES = ("spillover", "spillover-job", "no-wait", "constant-wait", "compute-wait", "onprem-only")

@@ -11,7 +11,7 @@ is filled with long jobs and a queue is left waiting, and it measures:
 On SQLite every history's store is open at once and they take their cycles in turns (`--rounds`), so a change in
 the machine's speed meanwhile falls on all of them alike.
 
-    .venv/bin/python -m simulations.bench_cycle [--history 0,5000,10000,20000] [--cycles 300] [--rounds 10]
+    .venv/bin/python -m spillover.simulations.bench_cycle [--history 0,5000,10000,20000] [--cycles 300] [--rounds 10]
         [--store-url postgresql+psycopg://...] [--out simulations/results/cycle]
 
 Writes results.json, summary.md and cycle.png (cycle time against history) under OUT.
@@ -28,15 +28,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.clock import SimClock
-from scheduler.config import SpilloverConfig, load_config, parse_config
-from scheduler.loop import ControlLoop
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
-from simulations.baselines import baseline_solver, rule
-from simulations.runner import run_simulation
-from simulations.workloads import load_workload, to_arrivals
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.config import SpilloverConfig, load_config, parse_config
+from spillover.scheduler.loop import ControlLoop
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
+from spillover.simulations.baselines import baseline_solver, rule
+from spillover.simulations.runner import run_simulation
+from spillover.simulations.workloads import load_workload, to_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ROOT.parent / "shared" / "data" / "workloads"

@@ -5,7 +5,7 @@ its own process (so its JSON work does not share the provider's interpreter lock
 not), then reports the first observe (the caches' initial lists), steady-state observes (median of N), the
 API requests each costs, how soon a new Job shows, and what one full list per observe would cost instead.
 
-    .venv/bin/python -m simulations.bench_observe [--nodes 1000] [--pods 5000] [--jobs 200] [--repeats 10]
+    .venv/bin/python -m spillover.simulations.bench_observe [--nodes 1000] [--pods 5000] [--jobs 200] [--repeats 10]
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from kubernetes import client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from providers.contract import DispatchRequest  # noqa: E402
-from providers.kube_objects import job_record, node_record, pod_record  # noqa: E402
-from providers.kubernetes import KubernetesProvider, KubeSettings  # noqa: E402
-from scheduler.model import JobSpec  # noqa: E402
+from spillover.providers.contract import DispatchRequest  # noqa: E402
+from spillover.providers.kube_objects import job_record, node_record, pod_record  # noqa: E402
+from spillover.providers.kubernetes import KubernetesProvider, KubeSettings  # noqa: E402
+from spillover.scheduler.model import JobSpec  # noqa: E402
 
 GPU_TYPES = ("A100", "H100", "L40S")
 FOREVER_S = 3e7  # longer than the benchmark, within what a job spec allows

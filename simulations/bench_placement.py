@@ -1,10 +1,10 @@
 """Placement benchmark: a realistic queue against busy on-prem clusters and cloud pools; greedy vs the solver vs LP.
 
-    python -m simulations.bench_placement --jobs 1000,10000,50000 --targets 50 [--runs 3] [--seed 0]
-    python -m simulations.bench_placement --jobs 1000,10000 --targets 50 --runs 3 --work-limit 2
-    python -m simulations.bench_placement --small 3000 [--seed 0]
-    python -m simulations.bench_placement --jobs 1000 --targets 10 --detail
-    python -m simulations.bench_placement --replay-problems problems.pkl [--reference plans.json] [--work-limit 2]
+    python -m spillover.simulations.bench_placement --jobs 1000,10000,50000 --targets 50 [--runs 3] [--seed 0]
+    python -m spillover.simulations.bench_placement --jobs 1000,10000 --targets 50 --runs 3 --work-limit 2
+    python -m spillover.simulations.bench_placement --small 3000 [--seed 0]
+    python -m spillover.simulations.bench_placement --jobs 1000 --targets 10 --detail
+    python -m spillover.simulations.bench_placement --replay-problems problems.pkl [--reference plans.json] [--work-limit 2]
 
 The instance: 2-3 on-prem clusters of 8-GPU nodes, mostly busy, whose running jobs end over the next hours;
 the other targets are cloud pools drawn from the bundled price catalog (several GPU types, on-demand and
@@ -37,7 +37,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from placement import (
+from spillover.placement import (
     JobDemand,
     Node,
     PlacementProblem,
@@ -50,8 +50,8 @@ from placement import (
     solve,
     solve_greedy,
 )
-from placement.assemble import plan_wait_costs
-from placement.cpsat import cpsat_settled
+from spillover.placement.assemble import plan_wait_costs
+from spillover.placement.cpsat import cpsat_settled
 
 CATALOG = Path(__file__).resolve().parent.parent / "config" / "gpu_instances.csv"
 SPEED = {"H100": 2.0, "A100": 1.0, "A100-80GB": 1.1, "V100": 0.5, "V100-32GB": 0.55, "A10G": 0.45, "L4": 0.4,

@@ -2,7 +2,7 @@
 reference setting (one on-prem cluster, unlimited cloud at one price), with the targets checked; and the
 reproduction of the Starburst simulator's own figures by our baselines.
 
-    .venv/bin/python -m simulations.bench_policies [--scenario gavel,philly,gavel-estimates,starburst] [--limit N]
+    .venv/bin/python -m spillover.simulations.bench_policies [--scenario gavel,philly,gavel-estimates,starburst] [--limit N]
         [--workers 2] [--out simulations/results]
 
 Each scenario writes results.json, results.csv, pareto.png and summary.md under OUT/<scenario>/; the starburst
@@ -20,11 +20,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from scheduler.config import SpilloverConfig, load_config, parse_config
-from simulations.baselines import LABELS
-from simulations.metrics import RunMetrics
-from simulations.simulate import RunSpec, run_one, with_hindsight, write_results
-from simulations.workloads import load_workload, to_arrivals
+from spillover.scheduler.config import SpilloverConfig, load_config, parse_config
+from spillover.simulations.baselines import LABELS
+from spillover.simulations.metrics import RunMetrics
+from spillover.simulations.simulate import RunSpec, run_one, with_hindsight, write_results
+from spillover.simulations.workloads import load_workload, to_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ROOT.parent / "shared" / "data" / "workloads"
@@ -315,7 +315,7 @@ def agreement_md(rows: list[Agreement], peer: Peer, s: Scenario, jobs: int, meas
              "", f"Peer: {peer.source}", ""]
     if jobs != peer.jobs:
         lines += [f"**Not comparable: the peer replayed {peer.jobs:,} jobs, these figures are for {jobs:,}.**", ""]
-    lines += [f"Ours: `python -m simulations.bench_policies --scenario {s.name} --workers 2`, the real control loop "
+    lines += [f"Ours: `python -m spillover.simulations.bench_policies --scenario {s.name} --workers 2`, the real control loop "
               f"with our baselines. Both over the measured window ({measured:,} jobs: the first and last 10% by "
               f"submission left out). Ours is the mean over {s.phases} replay(s), the workload shifted by an equal "
               f"part of the loop's 60 s tick each time (the range is in its own column). A row agrees when its "

@@ -1,7 +1,7 @@
 """Benchmark: how long a whole replay takes, as a user runs it — `spillover simulate` in a process of its own, start-up,
 workload loading and writing results included.
 
-    .venv/bin/python -m simulations.bench_replay [--workload gavel-synth-dev.csv] [--runs no-wait,spillover-job=32]
+    .venv/bin/python -m spillover.simulations.bench_replay [--workload gavel-synth-dev.csv] [--runs no-wait,spillover-job=32]
         [--repeat 1] [--out simulations/results/replay-speed]
 
 Runs one replay at a time (nothing else of the benchmark shares the machine), and writes results.json and
@@ -25,7 +25,7 @@ WORKLOADS = ROOT.parent / "shared" / "data" / "workloads"
 
 def _command(workload: Path, run: str, out: Path) -> list[str]:
     policy, _, value = run.partition("=")
-    cmd = [sys.executable, "-m", "scheduler.cli", "simulate", "-w", str(workload), "-p", policy, "--out", str(out)]
+    cmd = [sys.executable, "-m", "spillover.scheduler.cli", "simulate", "-w", str(workload), "-p", policy, "--out", str(out)]
     if value:
         knob = {"spillover": "value_of_time", "spillover-job": "value_of_job_time", "constant-wait": "wait_h",
                 "compute-wait": "k"}[policy]

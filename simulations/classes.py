@@ -1,7 +1,7 @@
 """Where a policy wins or loses: a replay's measured jobs split by size and runtime class, each class's average JCT,
 wait and cloud GPU-hours, and two replays side by side.
 
-    .venv/bin/python -m simulations.classes --scenario gavel --limit 0 \\
+    .venv/bin/python -m spillover.simulations.classes --scenario gavel --limit 0 \\
         --run spillover-job=32 --run compute-wait:easy=0.08 [--hindsight] [--out simulations/results/classes.md]
 
 A baseline run may be booked as its hindsight variant (`--hindsight`: a job that ran in the cloud counts as
@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.clock import SimClock
-from scheduler.config import CloudCluster, SpilloverConfig
-from scheduler.model import JobState
-from scheduler.store import Job, Store
-from scheduler.wiring import build_providers
-from simulations.baselines import baseline_solver, rule
-from simulations.metrics import TRIM
-from simulations.runner import run_simulation
-from simulations.workloads import Replay
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.config import CloudCluster, SpilloverConfig
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Job, Store
+from spillover.scheduler.wiring import build_providers
+from spillover.simulations.baselines import baseline_solver, rule
+from spillover.simulations.metrics import TRIM
+from spillover.simulations.runner import run_simulation
+from spillover.simulations.workloads import Replay
 
 HOUR = 3600.0
 GPU_CLASSES = ((1, 1), (2, 2), (4, 4), (8, 8), (9, 10**6))
@@ -107,7 +107,7 @@ def compare(a: Sequence[ClassRow], b: Sequence[ClassRow], names: tuple[str, str]
 
 def replay(config: SpilloverConfig, replay: Replay, run: str) -> Store:
     """One replay under `run`: `spillover-job=V`, `spillover=V`, or a baseline `POLICY:QUEUE=KNOB`."""
-    from simulations.simulate import with_queues
+    from spillover.simulations.simulate import with_queues
 
     policy, _, value = run.partition("=")
     policy, _, queue = policy.partition(":")
@@ -130,8 +130,8 @@ def replay(config: SpilloverConfig, replay: Replay, run: str) -> Store:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulations.bench_policies import SCENARIOS, WORKLOADS, scenario_config
-    from simulations.workloads import load_workload, to_arrivals
+    from spillover.simulations.bench_policies import SCENARIOS, WORKLOADS, scenario_config
+    from spillover.simulations.workloads import load_workload, to_arrivals
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="gavel", choices=sorted(SCENARIOS))

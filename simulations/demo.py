@@ -7,10 +7,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.config import SpilloverConfig
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from simulations.runner import Arrival, Progress, RunResult, run_simulation
+from spillover.scheduler.config import SpilloverConfig
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.simulations.runner import Arrival, Progress, RunResult, run_simulation
 
 MODELS = ["bert", "gpt2", "resnet50", "vit", "llama-ft", "whisper", "t5", "diffusion"]
 

@@ -8,10 +8,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-from scheduler.config import CloudCluster, SpilloverConfig
-from scheduler.costs import cost_report
-from scheduler.model import JobState
-from scheduler.store import Job, Store
+from spillover.scheduler.config import CloudCluster, SpilloverConfig
+from spillover.scheduler.costs import cost_report
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Job, Store
 
 HOUR = 3600.0
 TRIM = 0.10

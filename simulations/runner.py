@@ -11,15 +11,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from placement import PlacementProblem, Plan
-from providers.contract import ClusterProvider
-from providers.simulated import RuntimeFn
-from scheduler.clock import SimClock
-from scheduler.config import SpilloverConfig
-from scheduler.loop import ControlLoop, CycleReport
-from scheduler.model import JobSpec
-from scheduler.store import Store
-from scheduler.wiring import build_providers
+from spillover.placement import PlacementProblem, Plan
+from spillover.providers.contract import ClusterProvider
+from spillover.providers.simulated import RuntimeFn
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.config import SpilloverConfig
+from spillover.scheduler.loop import ControlLoop, CycleReport
+from spillover.scheduler.model import JobSpec
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.clock import SimClock
-from scheduler.config import SpilloverConfig, parse_config
-from scheduler.errors import UserError
-from scheduler.store import Store
-from scheduler.wiring import build_providers
-from simulations.baselines import HINDSIGHT, LABELS, POLICIES, baseline_solver, rule
-from simulations.metrics import RunMetrics, measure
-from simulations.runner import run_simulation
-from simulations.workloads import Replay
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.config import SpilloverConfig, parse_config
+from spillover.scheduler.errors import UserError
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
+from spillover.simulations.baselines import HINDSIGHT, LABELS, POLICIES, baseline_solver, rule
+from spillover.simulations.metrics import RunMetrics, measure
+from spillover.simulations.runner import run_simulation
+from spillover.simulations.workloads import Replay
 
 # Each policy's knob, and the values a sweep takes when none is given.
 KNOBS = {"spillover": "value_of_time", "spillover-job": "value_of_job_time", "constant-wait": "wait_h",

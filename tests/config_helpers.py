@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from scheduler.config import load_config
+from spillover.scheduler.config import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "spillover.example.yaml"
 

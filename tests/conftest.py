@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.clock import SimClock
+from spillover.scheduler.clock import SimClock
 
 pytest_plugins = ["prometheus_fixtures"]
 
@@ -36,7 +36,7 @@ BASE_CONFIG = {
 
 def make_config(**changes):
     """The small test config with top-level sections replaced or merged (dicts merge, other values replace)."""
-    from scheduler.config import parse_config
+    from spillover.scheduler.config import parse_config
 
     data = copy.deepcopy(BASE_CONFIG)
     for key, value in changes.items():
@@ -95,9 +95,9 @@ def store_url(request, tmp_path):
 @pytest.fixture
 def world(clock, sqlite_url):
     """make(**config_changes) -> (config, store, providers, loop) on simulated clusters and the test clock."""
-    from scheduler.loop import ControlLoop
-    from scheduler.store import Store
-    from scheduler.wiring import build_providers
+    from spillover.scheduler.loop import ControlLoop
+    from spillover.scheduler.store import Store
+    from spillover.scheduler.wiring import build_providers
 
     def make(**config_changes):
         config = make_config(**config_changes)

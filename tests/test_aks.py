@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import pytest
 
 from cloud.aks_peer import AKSPeer
-from providers.aks import AKSNodePools
-from providers.contract import ErrorKind, ProviderError
-from providers.nodepools import NodePoolAPI
+from spillover.providers.aks import AKSNodePools
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.nodepools import NodePoolAPI
 
 T = TypeVar("T")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from placement import Action, JobDemand, Node, PlacementProblem, Release, Target
-from simulations.baselines import baseline_solver, rule
-from simulations.bench_policies import Scenario, scenario_config
-from simulations.simulate import RunSpec, run_one
-from simulations.workloads import to_arrivals
-from simulations.workloads.common import TraceJob
+from spillover.placement import Action, JobDemand, Node, PlacementProblem, Release, Target
+from spillover.simulations.baselines import baseline_solver, rule
+from spillover.simulations.bench_policies import Scenario, scenario_config
+from spillover.simulations.simulate import RunSpec, run_one
+from spillover.simulations.workloads import to_arrivals
+from spillover.simulations.workloads.common import TraceJob
 
 H = 3600.0
 

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from simulations.bench_policies import (PEER, SCENARIOS, Peer, PeerRow, Scenario, agreement, agreement_md, check,
+from spillover.simulations.bench_policies import (PEER, SCENARIOS, Peer, PeerRow, Scenario, agreement, agreement_md, check,
                                         frontier, load_peer, scenario_config, summary_md, thinned)
-from simulations.metrics import RunMetrics
-from simulations.simulate import RunSpec, run_one, write_results
-from simulations.workloads import to_arrivals
-from simulations.workloads.common import TraceJob
+from spillover.simulations.metrics import RunMetrics
+from spillover.simulations.simulate import RunSpec, run_one, write_results
+from spillover.simulations.workloads import to_arrivals
+from spillover.simulations.workloads.common import TraceJob
 
 H = 3600.0
 

@@ -18,14 +18,14 @@ from cloud.node_bridge import NodeBridge
 from google.cloud import container_v1
 from google.oauth2.credentials import Credentials
 from kube.apiserver import FakeKube
-from providers.aks import AKSNodePools
-from providers.gke import GKENodePools
-from scheduler.clock import RealClock
-from scheduler.config import load_config
-from scheduler.loop import ControlLoop, CycleReport
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
+from spillover.providers.aks import AKSNodePools
+from spillover.providers.gke import GKENodePools
+from spillover.scheduler.clock import RealClock
+from spillover.scheduler.config import load_config
+from spillover.scheduler.loop import ControlLoop, CycleReport
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
 
 TIME_SCALE = 0.01  # a job estimated at 300 s runs 3 s on the test API servers
 GKE_TOKEN = "ya29.e2e-token"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.catalog import BUNDLED_CATALOG, COLUMNS, Offering, PriceCatalog
-from scheduler.model import Cloud
+from spillover.providers.catalog import BUNDLED_CATALOG, COLUMNS, Offering, PriceCatalog
+from spillover.scheduler.model import Cloud
 
 HEADER = ",".join(COLUMNS)
 

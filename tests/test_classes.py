@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from simulations.bench_policies import Scenario, scenario_config
-from simulations.classes import by_class, compare, replay
-from simulations.workloads import to_arrivals
-from simulations.workloads.common import TraceJob
+from spillover.simulations.bench_policies import Scenario, scenario_config
+from spillover.simulations.classes import by_class, compare, replay
+from spillover.simulations.workloads import to_arrivals
+from spillover.simulations.workloads.common import TraceJob
 
 H = 3600.0
 

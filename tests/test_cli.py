@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.model import JobState
-from scheduler.store import Store
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "spillover.example.yaml"
@@ -22,7 +22,7 @@ EXAMPLE = ROOT / "config" / "spillover.example.yaml"
 def spillover(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "spillover.scheduler.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=e, timeout=300)
 
 

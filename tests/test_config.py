@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from providers.catalog import COLUMNS, PriceCatalog
-from scheduler.config import (
+from spillover.providers.catalog import COLUMNS, PriceCatalog
+from spillover.scheduler.config import (
     EXAMPLE_CONFIG,
     CloudCluster,
     OnPremCluster,
@@ -23,8 +23,8 @@ from scheduler.config import (
     main,
     parse_config,
 )
-from scheduler.errors import ConfigError, UnknownClusterError, UnknownQueueError, UserError
-from scheduler.model import Cloud, ClusterKind
+from spillover.scheduler.errors import ConfigError, UnknownClusterError, UnknownQueueError, UserError
+from spillover.scheduler.model import Cloud, ClusterKind
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "schema.json"
@@ -395,7 +395,7 @@ def test_a_broken_catalog_is_reported_at_prices_catalog(tmp_path: Path) -> None:
 
 def test_schema_file_is_current() -> None:
     assert json.loads(SCHEMA.read_text()) == SpilloverConfig.model_json_schema(), (
-        "config/schema.json is stale; regenerate it with: python -m scheduler.config --schema > config/schema.json"
+        "config/schema.json is stale; regenerate it with: python -m spillover.scheduler.config --schema > config/schema.json"
     )
 
 
@@ -404,6 +404,6 @@ def test_checking_a_config_from_the_command_line(tmp_path: Path, capsys: pytest.
     assert "ok (4 queues, 5 clusters, 7 cloud pools)" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(changed(lambda d: d["clusters"][AWS].update(cloud="amazon"))))
-    failed = subprocess.run([sys.executable, "-m", "scheduler.config", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    failed = subprocess.run([sys.executable, "-m", "spillover.scheduler.config", str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert failed.returncode == 2
     assert failed.stderr == f"{bad}: clusters[2].cloud: must be one of 'aws', 'gcp' or 'azure' (got 'amazon')\n"

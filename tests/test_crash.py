@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.model import JobState
-from scheduler.store import Store
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Store
 
-SPILLOVER = [sys.executable, "-m", "scheduler.cli"]
+SPILLOVER = [sys.executable, "-m", "spillover.scheduler.cli"]
 N_JOBS = 12
 
 

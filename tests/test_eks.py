@@ -8,8 +8,8 @@ import time
 import pytest
 
 from cloud.eks_peer import ENV, REGION, EKSPeer
-from providers.contract import ErrorKind, ProviderError
-from providers.eks import EKSNodePools
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.eks import EKSNodePools
 
 
 @pytest.fixture

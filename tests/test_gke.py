@@ -9,9 +9,9 @@ import pytest
 from google.cloud import container_v1
 from google.oauth2.credentials import Credentials
 
-from providers.contract import ErrorKind, ProviderError
-from providers.gke import GKENodePools
-from providers.nodepools import NodePoolAPI
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.providers.gke import GKENodePools
+from spillover.providers.nodepools import NodePoolAPI
 from cloud.gke_peer import GKEPeer
 
 TOKEN = "ya29.test-token-0123456789"

@@ -12,11 +12,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.config import EXAMPLE_CONFIG, load_config
-from scheduler.errors import JobSpecError, UserError
-from scheduler.jobspec import job_spec_to_yaml, load_job_specs, parse_job_specs
-from scheduler.model import MAX_JOB_NAME, JobSpec
-from scheduler.units import (
+from spillover.scheduler.config import EXAMPLE_CONFIG, load_config
+from spillover.scheduler.errors import JobSpecError, UserError
+from spillover.scheduler.jobspec import job_spec_to_yaml, load_job_specs, parse_job_specs
+from spillover.scheduler.model import MAX_JOB_NAME, JobSpec
+from spillover.scheduler.units import (
     format_cpu,
     format_duration,
     format_memory_gib,

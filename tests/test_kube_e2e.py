@@ -15,12 +15,12 @@ import pytest
 import yaml
 
 from kube.apiserver import FakeKube
-from scheduler.clock import RealClock
-from scheduler.config import load_config
-from scheduler.loop import ControlLoop
-from scheduler.model import JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
+from spillover.scheduler.clock import RealClock
+from spillover.scheduler.config import load_config
+from spillover.scheduler.loop import ControlLoop
+from spillover.scheduler.model import JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_SCALE = 0.01  # a job estimated at 100 s runs 1 s on the test servers
@@ -73,7 +73,7 @@ def jobs_file(tmp_path: Path, n: int, runtime_s: float, gpus: int = 4, prefix: s
 
 def spillover(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "spillover.scheduler.cli", *args], capture_output=True, text=True, env=env,
                           timeout=120)
 
 
@@ -124,7 +124,7 @@ def test_jobs_run_as_kubernetes_jobs_finish_and_can_be_cancelled(tmp_path, clust
 
 def _run(cfg: Path, **env: str) -> subprocess.Popen:
     e = dict(os.environ, PYTHONPATH=str(ROOT), **env)
-    return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "run", "-c", str(cfg)], env=e,
+    return subprocess.Popen([sys.executable, "-m", "spillover.scheduler.cli", "run", "-c", str(cfg)], env=e,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -16,11 +16,11 @@ import pytest
 from kubernetes import client as k8s
 
 from kube.apiserver import FakeKube
-from providers.contract import (ClusterProvider, ClusterState, DispatchRequest, ErrorKind, JobPhase, JobStatus,
+from spillover.providers.contract import (ClusterProvider, ClusterState, DispatchRequest, ErrorKind, JobPhase, JobStatus,
                                 ProviderError)
-from providers.kube_objects import job_manifest, parse_quantity, pod_requests, tolerates
-from providers.kubernetes import KubernetesProvider, KubeSettings, PoolInfo
-from scheduler.model import JobSpec
+from spillover.providers.kube_objects import job_manifest, parse_quantity, pod_requests, tolerates
+from spillover.providers.kubernetes import KubernetesProvider, KubeSettings, PoolInfo
+from spillover.scheduler.model import JobSpec
 
 TOKEN = "test-token"
 WRONG_TOKEN = "wrong-token-5f2c9a7e41"
@@ -595,7 +595,7 @@ def test_job_without_a_chosen_type_is_kept_to_the_allowed_types():
 
 
 def test_settings_mirror_the_kubernetes_config_section():
-    from scheduler.config import KubernetesConfig
+    from spillover.scheduler.config import KubernetesConfig
 
     config = KubernetesConfig(context="gpu-prod", namespace="ml", pool_label="cloud.google.com/gke-nodepool",
                               node_selector={"team": "ml"}, tolerations=[GPU_TOLERATION], request_timeout_s=5)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_config
-from providers.contract import JobPhase
-from scheduler.costs import cost_report
-from scheduler.loop import ControlLoop
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from simulations.runner import Arrival, run_simulation
+from spillover.providers.contract import JobPhase
+from spillover.scheduler.costs import cost_report
+from spillover.scheduler.loop import ControlLoop
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.simulations.runner import Arrival, run_simulation
 
 P4D_PRICE = 21.957642  # aws us-east-1 p4d.24xlarge on-demand, from the bundled catalog
 
@@ -187,7 +187,7 @@ def _fits_left_on_prem(problem, plan, job) -> bool:
 
 def test_over_a_whole_replay_no_job_bursts_while_on_prem_has_room_for_it(clock, sqlite_url):
     from config_helpers import example_config
-    from simulations.demo import demo_workload
+    from spillover.simulations.demo import demo_workload
 
     config = example_config()
     store = Store(sqlite_url)

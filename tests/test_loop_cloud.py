@@ -8,8 +8,8 @@ import copy
 import pytest
 
 from conftest import BASE_CONFIG
-from providers.contract import ErrorKind, ProviderError
-from scheduler.model import JobSpec, JobState
+from spillover.providers.contract import ErrorKind, ProviderError
+from spillover.scheduler.model import JobSpec, JobState
 
 
 def spec(name: str, gpus: int = 8, hours: float = 1.0, **kw) -> JobSpec:

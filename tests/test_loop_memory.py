@@ -9,12 +9,12 @@ import sqlite3
 import pytest
 
 from conftest import make_config
-from placement import solve
-from providers.contract import DispatchRequest
-from scheduler.loop import ControlLoop
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
+from spillover.placement import solve
+from spillover.providers.contract import DispatchRequest
+from spillover.scheduler.loop import ControlLoop
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
 
 
 def spec(name: str, gpus: int = 8, hours: float = 1.0, **kw) -> JobSpec:
@@ -171,8 +171,8 @@ def test_a_restart_remembers_the_nodes_a_pool_lost_under_running_jobs(clock, sql
 
 
 def _bill(tmp_path, restart_every: int | None) -> tuple[dict[str, float], dict[str, float], Store]:
-    from scheduler.clock import SimClock
-    from scheduler.costs import cost_report
+    from spillover.scheduler.clock import SimClock
+    from spillover.scheduler.costs import cost_report
 
     clock = SimClock()
     url = f"sqlite:///{tmp_path / f'bill-{restart_every}.db'}"

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_config
-from providers.contract import DispatchRequest
-from scheduler.loop import ControlLoop
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
+from spillover.providers.contract import DispatchRequest
+from spillover.scheduler.loop import ControlLoop
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
 
 
 def spec(name: str, gpus: int = 8, hours: float = 1.0, **kw) -> JobSpec:

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from scheduler.store import Store
-from scheduler.tables import Base
+from spillover.scheduler.store import Store
+from spillover.scheduler.tables import Base
 
 
 def test_a_new_store_is_built_by_the_migrations_and_matches_the_models(store_url):
@@ -32,7 +32,7 @@ def test_a_store_made_by_an_older_version_is_upgraded_in_place(tmp_path):
     from alembic import command
     from sqlalchemy import text
 
-    from scheduler.tables import alembic_config
+    from spillover.scheduler.tables import alembic_config
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from placement import (
+from spillover.placement import (
     Action,
     Decision,
     JobDemand,

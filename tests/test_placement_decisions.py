@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from placement import (
+from spillover.placement import (
     Action,
     JobDemand,
     Node,

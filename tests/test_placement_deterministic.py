@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import placement.cpsat as cpsat
-from placement import JobDemand, Node, PlacementProblem, Plan, Policy, Target, check_plan, solve, solve_greedy
-from placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
-from simulations.bench_placement import instance
+import spillover.placement.cpsat as cpsat
+from spillover.placement import JobDemand, Node, PlacementProblem, Plan, Policy, Target, check_plan, solve, solve_greedy
+from spillover.placement.cpsat import CPSAT_MAX_PAIRS, cpsat_settled
+from spillover.simulations.bench_placement import instance
 from test_placement_fastpaths import problems
 
 ROOT = Path(__file__).resolve().parent.parent

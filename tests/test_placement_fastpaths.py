@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement import (
+from spillover.placement import (
     Action,
     JobDemand,
     Node,
@@ -21,8 +21,8 @@ from placement import (
     solve,
     solve_greedy,
 )
-from placement.certify import plan_lower_bound
-from placement.cpsat import cpsat_settled
+from spillover.placement.certify import plan_lower_bound
+from spillover.placement.cpsat import cpsat_settled
 
 GPU_TYPES = ["A100", "H100"]
 TOL = 1e-6

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement import Forecast, JobDemand, Node, Policy, Release, Target, forecast_starts
+from spillover.placement import Forecast, JobDemand, Node, Policy, Release, Target, forecast_starts
 
 
 def onprem(nodes: tuple[Node, ...], releases: tuple[Release, ...] = (), tid: str = "onprem-a", **kw) -> Target:

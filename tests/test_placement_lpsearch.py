@@ -9,14 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import placement.cpsat as cpsat
-import placement.relax as relax
-from placement import PlacementProblem, check_plan, solve, solve_greedy
-from placement.assemble import finish
-from placement.bound import alone_wait_costs
-from placement.greedy import greedy_settled
-from placement.relax import LinearModel
-from placement.rounding import bind_relaxation
+import spillover.placement.cpsat as cpsat
+import spillover.placement.relax as relax
+from spillover.placement import PlacementProblem, check_plan, solve, solve_greedy
+from spillover.placement.assemble import finish
+from spillover.placement.bound import alone_wait_costs
+from spillover.placement.greedy import greedy_settled
+from spillover.placement.relax import LinearModel
+from spillover.placement.rounding import bind_relaxation
 from test_placement_fastpaths import problems
 from test_placement_solver import queue
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement import (
+from spillover.placement import (
     Action,
     JobDemand,
     Node,
@@ -21,7 +21,7 @@ from placement import (
     solve_cpsat,
     solve_greedy,
 )
-from placement.cpsat import cpsat_settled
+from spillover.placement.cpsat import cpsat_settled
 
 GPU_TYPES = ["A100", "H100"]
 

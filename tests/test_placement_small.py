@@ -14,20 +14,20 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import placement.assemble as assemble
-import placement.cpsat as cpsat
-from placement import JobDemand, Node, PlacementProblem, Plan, Policy, Release, Target, check_plan, solve
-from placement.assemble import priced, runs_now
-from placement.certify import proven_optimal
-from placement.cpsat import cpsat_settled
-from placement.greedy import greedy_settled
-from placement.ledger import Ledger
-from placement.sole import sole_optimum
+import spillover.placement.assemble as assemble
+import spillover.placement.cpsat as cpsat
+from spillover.placement import JobDemand, Node, PlacementProblem, Plan, Policy, Release, Target, check_plan, solve
+from spillover.placement.assemble import priced, runs_now
+from spillover.placement.certify import proven_optimal
+from spillover.placement.cpsat import cpsat_settled
+from spillover.placement.greedy import greedy_settled
+from spillover.placement.ledger import Ledger
+from spillover.placement.sole import sole_optimum
 from test_placement_fastpaths import problems
 
 N_PROBLEMS = 500
 # the module, not the function of the same name that the package exports
-solve_module = importlib.import_module("placement.solve")
+solve_module = importlib.import_module("spillover.placement.solve")
 
 
 def onprem(rng: random.Random) -> Target:

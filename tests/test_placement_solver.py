@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-import placement.cpsat as cpsat
-from placement import (
+import spillover.placement.cpsat as cpsat
+from spillover.placement import (
     JobDemand,
     Node,
     PlacementProblem,

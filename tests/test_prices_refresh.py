@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from providers.catalog import BUNDLED_CATALOG, PriceCatalog
+from spillover.providers.catalog import BUNDLED_CATALOG, PriceCatalog
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data" / "prices"
@@ -237,7 +237,7 @@ def refresh(*args: str, home: Path, aws: str | None = None, azure: str | None = 
                         f"{azure}/api/retail/prices"), ("SPILLOVER_GCP_BILLING_URL", gcp)):
         if value:
             env[name] = value
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", "prices", "refresh", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "spillover.scheduler.cli", "prices", "refresh", *args], capture_output=True,
                           text=True, env=env, cwd=cwd or home, timeout=120)
 
 
@@ -467,7 +467,7 @@ def test_without_an_api_key_gcp_needs_application_default_credentials(apis, home
 
 
 def test_gcp_sku_descriptions_name_the_part_and_whether_it_is_spot():
-    from providers.prices.gcp import sku_name
+    from spillover.providers.prices.gcp import sku_name
 
     assert sku_name("Nvidia Tesla T4 GPU running in Americas", "OnDemand") == ("Nvidia Tesla T4 GPU", False)
     assert sku_name("Nvidia Tesla T4 GPU attached to Spot Preemptible VMs running in Americas", "Preemptible") == (
@@ -480,8 +480,8 @@ def test_gcp_sku_descriptions_name_the_part_and_whether_it_is_spot():
 
 
 def test_a_gcp_machine_type_without_a_mapping_keeps_its_price_with_a_reason():
-    from providers.prices import RowSpec
-    from providers.prices.gcp import fetch
+    from spillover.providers.prices import RowSpec
+    from spillover.providers.prices.gcp import fetch
 
     row = RowSpec("us-central1", "a4-highgpu-8g", "B200", 8, 224, 3968)
     result = fetch([row], base_url=closed_port_url(), api_key="unused")
@@ -490,7 +490,7 @@ def test_a_gcp_machine_type_without_a_mapping_keeps_its_price_with_a_reason():
 
 
 def test_azure_picks_linux_pay_as_you_go_and_spot_meters():
-    from providers.prices.azure import RetailItem, quote
+    from spillover.providers.prices.azure import RetailItem, quote
 
     page = json.loads((DATA / "azure" / "eastus" / "Standard_NC24ads_A100_v4.json").read_text())["Items"]
     assert quote([RetailItem.model_validate(i) for i in page], "eastus", "Standard_NC24ads_A100_v4") == (3.673, 0.4587)

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from providers.prometheus import PrometheusSignals, SignalReading, redact_url
-from scheduler.config import DEFAULT_PROMQL, PrometheusConfig
+from spillover.providers.prometheus import PrometheusSignals, SignalReading, redact_url
+from spillover.scheduler.config import DEFAULT_PROMQL, PrometheusConfig
 
 # Generous next to the timeouts used below: the point is "returns promptly", not how fast.
 PROMPTLY_S = 5.0
@@ -124,7 +124,7 @@ def test_invalid_promql_is_a_warning_and_the_other_queries_still_count(gpu_expor
 
 
 def test_stopped_server_gives_a_prompt_warning_once_and_values_come_back(gpu_exporter, prometheus_server, caplog):
-    caplog.set_level(logging.INFO, logger="providers.prometheus")
+    caplog.set_level(logging.INFO, logger="spillover.providers.prometheus")
     gpu_exporter.set_gpu_util("gpu-node-1", 20)
     prometheus_server.wait_for_scrape()
     signals = signals_for(prometheus_server)
@@ -243,7 +243,7 @@ def test_credentials_never_reach_warnings_logs_or_repr(closed_port, caplog):
 
 
 def test_each_distinct_failure_is_logged_once(closed_port, http_peer, caplog):
-    caplog.set_level(logging.INFO, logger="providers.prometheus")
+    caplog.set_level(logging.INFO, logger="spillover.providers.prometheus")
     signals = PrometheusSignals(f"http://127.0.0.1:{closed_port}", {"x": "up"}, timeout_s=1.0)
     for _ in range(5):
         signals.read()

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from providers.contract import DispatchRequest, JobPhase
-from providers.kubernetes import KubernetesProvider, KubeSettings
-from scheduler.model import JobSpec
+from spillover.providers.contract import DispatchRequest, JobPhase
+from spillover.providers.kubernetes import KubernetesProvider, KubeSettings
+from spillover.scheduler.model import JobSpec
 
 KUBECONFIG = os.environ.get("SPILLOVER_TEST_KUBECONFIG")
 pytestmark = pytest.mark.skipif(not KUBECONFIG, reason="set SPILLOVER_TEST_KUBECONFIG to run against a real cluster")

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from conftest import make_config
-from scheduler.clock import SimClock
-from scheduler.model import JobSpec, JobState
-from scheduler.store import Store
-from simulations.runner import Arrival, run_simulation
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.simulations.runner import Arrival, run_simulation
 
 
 def spec(name: str, gpus: int, hours: float) -> JobSpec:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.cli import REFERENCE_CONFIG
-from scheduler.config import load_config
-from simulations.simulate import RunSpec, run_one
-from simulations.workloads import load_workload, to_arrivals
+from spillover.scheduler.cli import REFERENCE_CONFIG
+from spillover.scheduler.config import load_config
+from spillover.simulations.simulate import RunSpec, run_one
+from spillover.simulations.workloads import load_workload, to_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "workloads"
@@ -23,7 +23,7 @@ TRACES = ROOT / "tests" / "data" / "traces"
 
 def spillover(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "spillover.scheduler.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 

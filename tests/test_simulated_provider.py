@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from providers.contract import ClusterProvider, DispatchRequest, ErrorKind, JobPhase, PoolSpec, ProviderError
-from providers.simulated import SimNodeGroup, SimulatedCluster
-from scheduler.clock import SimClock
-from scheduler.model import JobSpec
+from spillover.providers.contract import ClusterProvider, DispatchRequest, ErrorKind, JobPhase, PoolSpec, ProviderError
+from spillover.providers.simulated import SimNodeGroup, SimulatedCluster
+from spillover.scheduler.clock import SimClock
+from spillover.scheduler.model import JobSpec
 
 POOL = PoolSpec(name="p4d", instance_type="p4d.24xlarge", gpu_type="A100", gpus_per_node=8, cpu_per_node=96,
                 memory_gib_per_node=1152, min_nodes=0, max_nodes=3, provisioning_delay_s=600)

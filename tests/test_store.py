@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.errors import UnknownJobError
-from scheduler.model import JobSpec, JobState
-from scheduler.store import LedgerEntry, Store
+from spillover.scheduler.errors import UnknownJobError
+from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.store import LedgerEntry, Store
 
 
 def spec(name="train", queue="research", gpus=1, **kw) -> JobSpec:

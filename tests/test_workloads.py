@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_config
-from scheduler.errors import UserError
-from scheduler.model import DNS_LABEL, MAX_JOB_NAME, JobSpec, JobState
-from scheduler.store import Store
-from scheduler.wiring import build_providers
-from simulations.runner import run_simulation
-from simulations.workloads import (
+from spillover.scheduler.errors import UserError
+from spillover.scheduler.model import DNS_LABEL, MAX_JOB_NAME, JobSpec, JobState
+from spillover.scheduler.store import Store
+from spillover.scheduler.wiring import build_providers
+from spillover.simulations.runner import run_simulation
+from spillover.simulations.workloads import (
     FORMATS,
     MAX_RUNTIME_S,
     TraceJob,
@@ -30,7 +30,7 @@ from simulations.workloads import (
     load_workload,
     to_arrivals,
 )
-from simulations.workloads.common import queue_names
+from spillover.simulations.workloads.common import queue_names
 
 TRACES = Path(__file__).parent / "data" / "traces"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "workloads"

@@ -22,7 +22,7 @@ from botocore.exceptions import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from providers.prices.common import MAX_PAGES, FetchResult, Key, PriceFetchError, Quote, RowSpec, host_of
+from spillover.providers.prices.common import MAX_PAGES, FetchResult, Key, PriceFetchError, Quote, RowSpec, host_of
 
 # The Price List API is served from us-east-1, eu-central-1 and ap-south-1 only; it answers for every region.
 PRICING_REGION = "us-east-1"

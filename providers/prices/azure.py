@@ -8,7 +8,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from providers.prices.common import MAX_PAGES, FetchResult, PriceFetchError, Quote, RowSpec, get_json, http_session
+from spillover.providers.prices.common import MAX_PAGES, FetchResult, PriceFetchError, Quote, RowSpec, get_json, http_session
 
 DEFAULT_URL = "https://prices.azure.com/api/retail/prices"
 API_VERSION = "2023-01-01-preview"

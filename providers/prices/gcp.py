@@ -10,7 +10,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from providers.prices.common import (
+from spillover.providers.prices.common import (
     MAX_PAGES,
     FetchResult,
     PriceFetchError,

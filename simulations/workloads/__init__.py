@@ -4,7 +4,7 @@
 the jobs into simulator arrivals and the true run times that drive the simulated clusters.
 """
 
-from simulations.workloads.common import (
+from spillover.simulations.workloads.common import (
     FORMATS,
     LoadReport,
     Problem,
@@ -12,8 +12,8 @@ from simulations.workloads.common import (
     WorkloadError,
     WorkloadRowError,
 )
-from simulations.workloads.loader import detect_format, load_workload
-from simulations.workloads.replay import DEFAULT_IMAGE, MAX_RUNTIME_S, Replay, job_names, to_arrivals
+from spillover.simulations.workloads.loader import detect_format, load_workload
+from spillover.simulations.workloads.replay import DEFAULT_IMAGE, MAX_RUNTIME_S, Replay, job_names, to_arrivals
 
 __all__ = [
     "DEFAULT_IMAGE",

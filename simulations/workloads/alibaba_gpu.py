@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulations.workloads.common import (
+from spillover.simulations.workloads.common import (
     Collector,
     Columns,
     RowError,

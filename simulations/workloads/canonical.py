@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulations.workloads.common import Collector, Columns, RowError, csv_rows, header_error, number, text, whole
+from spillover.simulations.workloads.common import Collector, Columns, RowError, csv_rows, header_error, number, text, whole
 
 REQUIRED = ("job_id", "submit_time_s", "gpus", "duration_s", "queue")
 OPTIONAL = ("model", "gpu_type", "status")

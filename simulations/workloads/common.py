@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from scheduler.errors import UserError, describe_value
-from scheduler.model import DNS_LABEL
+from spillover.scheduler.errors import UserError, describe_value
+from spillover.scheduler.model import DNS_LABEL
 
 FORMATS: tuple[str, ...] = ("canonical", "philly", "helios", "pai", "alibaba-gpu")
 

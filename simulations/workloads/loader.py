@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scheduler.errors import unknown_name_message
-from simulations.workloads import alibaba_gpu, canonical, helios, pai, philly
-from simulations.workloads.common import (
+from spillover.scheduler.errors import unknown_name_message
+from spillover.simulations.workloads import alibaba_gpu, canonical, helios, pai, philly
+from spillover.simulations.workloads.common import (
     FORMATS,
     Collector,
     LoadReport,

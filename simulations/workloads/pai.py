@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulations.workloads.common import (
+from spillover.simulations.workloads.common import (
     Collector,
     Columns,
     RowError,

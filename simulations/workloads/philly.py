@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scheduler.errors import describe_value
-from simulations.workloads.common import Collector, RowError, choice, json_records, read_text, text, timestamp
+from spillover.scheduler.errors import describe_value
+from spillover.simulations.workloads.common import Collector, RowError, choice, json_records, read_text, text, timestamp
 
 STATUSES = ("Pass", "Killed", "Failed")
 

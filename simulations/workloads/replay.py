@@ -11,10 +11,10 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from providers.simulated import RuntimeFn
-from scheduler.model import MAX_JOB_NAME, JobSpec
-from simulations.runner import Arrival
-from simulations.workloads.common import TraceJob, WorkloadError, dns_label, short_hash
+from spillover.providers.simulated import RuntimeFn
+from spillover.scheduler.model import MAX_JOB_NAME, JobSpec
+from spillover.simulations.runner import Arrival
+from spillover.simulations.workloads.common import TraceJob, WorkloadError, dns_label, short_hash
 
 DEFAULT_IMAGE = "registry.example.com/replay/train:1.0"
 MAX_RUNTIME_S = float(next(m.le for m in JobSpec.model_fields["estimated_runtime_s"].metadata

@@ -217,7 +217,7 @@ class AKSPeer(Peer):
     def client(self, *, token: str | None = None, **kwargs: Any) -> Any:
         """A ContainerServiceClient for this peer, built the way the product builds its own (build_client),
         with a static token and an authentication policy that may use http on loopback."""
-        from providers.aks import build_client
+        from spillover.providers.aks import build_client
 
         credential = self.credential(token)
         kwargs.setdefault("retry_backoff_factor", 0.01)
