@@ -125,6 +125,29 @@ class PoolStatusRow(Base):
     lost_nodes: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # {node: when}, JSON
 
 
+class ApiTokenRow(Base):
+    """A bearer token of the API: only its SHA-256 is kept, never the token itself."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public id, shown in listings
+    name: Mapped[str] = mapped_column(String(63))  # what it is for, e.g. "ci-bot"
+    team: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(16))  # submitter | ops | finance | admin
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the token
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LeadershipRow(Base):
+    """Which loop may act: the fencing epoch grows by one each time a loop becomes the leader."""
+
+    __tablename__ = "leadership"
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)  # "loop"
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    holder: Mapped[str] = mapped_column(String(200), default="")  # host:pid of the leader, for people
+    acquired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 MIGRATIONS = Path(str(resources.files("spillover.scheduler.migrations")))
 
 
