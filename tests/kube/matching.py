@@ -212,6 +212,12 @@ FIELD_GETTERS: dict[str, dict[str, Callable[[dict], str]]] = {
     },
 }
 
+# What every other resource's storage registers.
+_METADATA_FIELDS = {
+    "metadata.name": lambda o: _field_string(_dig(o, "metadata.name")),
+    "metadata.namespace": lambda o: _field_string(_dig(o, "metadata.namespace")),
+}
+
 
 class FieldSelector:
     def __init__(self, terms: list[tuple[Callable[[dict], str], bool, str]]):
@@ -227,7 +233,7 @@ class FieldSelector:
 def parse_field_selector(text: str | None, resource: str) -> FieldSelector:
     if text is None or not text.strip():
         return FieldSelector([])
-    getters = FIELD_GETTERS[resource]
+    getters = FIELD_GETTERS.get(resource, _METADATA_FIELDS)
     terms = []
     for raw in text.split(","):
         part = raw.strip()

@@ -429,3 +429,141 @@ def compress_indexes(indexes: set[int]) -> str:
     if run:
         out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
     return ",".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------- app kinds
+
+def check_deployment(obj: dict) -> list[Problem]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [("spec", "Required value")]
+    problems: list[Problem] = []
+    selector = spec.get("selector")
+    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        problems.append(("spec.selector", "Required value"))
+    elif any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        problems.append(("spec.template.metadata.labels", f"Invalid value: {labels}: `selector` does not match "
+                                                          "template `labels`"))
+    problems += validate_labels(labels, "spec.template.metadata.labels")
+    problems += check_pod_spec(template.get("spec"), "spec.template.spec")
+    replicas = spec.get("replicas")
+    if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
+        problems.append(("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0"))
+    return problems
+
+
+def default_deployment(obj: dict) -> None:
+    """The apps/v1 defaults a client sees come back (kubectl's three-way patches must leave them alone)."""
+    spec = obj["spec"]
+    spec.setdefault("replicas", 1)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    strategy = spec.setdefault("strategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.setdefault("rollingUpdate", {})
+        rolling.setdefault("maxUnavailable", "25%")
+        rolling.setdefault("maxSurge", "25%")
+    default_pod_spec(spec["template"].setdefault("spec", {}))
+    obj["status"] = {}
+
+
+def check_service(obj: dict) -> list[Problem]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [("spec", "Required value")]
+    problems: list[Problem] = []
+    ports = spec.get("ports") or []
+    if not ports and spec.get("clusterIP") != "None":
+        problems.append(("spec.ports", "Required value"))
+    names = [p.get("name") for p in ports if isinstance(p, dict)]
+    if len(ports) > 1 and (not all(names) or len(set(names)) != len(names)):
+        problems.append(("spec.ports", "Required value: port names must be set and unique with several ports"))
+    for i, p in enumerate(ports):
+        if not isinstance(p, dict) or not isinstance(p.get("port"), int):
+            problems.append((f"spec.ports[{i}].port", "Required value"))
+    return problems
+
+
+def default_service(obj: dict, cluster_ip: str) -> None:
+    spec = obj["spec"]
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    spec.setdefault("ipFamilyPolicy", "SingleStack")
+    spec.setdefault("ipFamilies", ["IPv4"])
+    if spec.get("clusterIP") in (None, ""):
+        spec["clusterIP"] = cluster_ip
+    spec["clusterIPs"] = [spec["clusterIP"]]
+    for p in spec.get("ports") or []:
+        p.setdefault("protocol", "TCP")
+        p.setdefault("targetPort", p.get("port"))
+    obj["status"] = {"loadBalancer": {}}
+
+
+def default_secret(obj: dict) -> None:
+    """stringData is write-only: the server folds it into data, base64-encoded, and keeps no copy."""
+    import base64
+
+    obj.setdefault("type", "Opaque")
+    strings = obj.pop("stringData", None) or {}
+    if strings:
+        data = obj.setdefault("data", {})
+        for key, value in strings.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+
+
+def check_crd(obj: dict) -> list[Problem]:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [("spec", "Required value")]
+    problems: list[Problem] = []
+    names = spec.get("names") if isinstance(spec.get("names"), dict) else {}
+    group = spec.get("group")
+    for field, value in (("spec.group", group), ("spec.names.plural", names.get("plural")),
+                         ("spec.names.kind", names.get("kind"))):
+        if not value or not isinstance(value, str):
+            problems.append((field, "Required value"))
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        problems.append(("spec.scope", f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", '
+                                       '"Namespaced"'))
+    versions = spec.get("versions") if isinstance(spec.get("versions"), list) else []
+    if sum(1 for v in versions if isinstance(v, dict) and v.get("storage")) != 1:
+        problems.append(("spec.versions", "Invalid value: must have exactly one version marked as storage version"))
+    name = (obj.get("metadata") or {}).get("name")
+    if group and names.get("plural") and name != f"{names['plural']}.{group}":
+        problems.append(("metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
+    return problems
+
+
+def crd_resources(obj: dict) -> dict[str, dict]:
+    """What a CRD serves, as resource-table entries: one per served version, all under its plural."""
+    spec = obj["spec"]
+    names = spec["names"]
+    served = [v["name"] for v in spec["versions"] if v.get("served")]
+    storage = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    version = storage if storage in served else (served[0] if served else storage)
+    return {names["plural"]: {
+        "kind": names["kind"], "apiVersion": f"{spec['group']}/{version}", "group": spec["group"],
+        "namespaced": spec["scope"] == "Namespaced", "singular": names.get("singular") or names["kind"].lower(),
+        "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or []),
+        "custom": True,
+    }}
+
+
+def default_crd(obj: dict, ts: str) -> None:
+    names = obj["spec"]["names"]
+    names.setdefault("singular", names["kind"].lower())
+    names.setdefault("listKind", names["kind"] + "List")
+    obj["status"] = {
+        "acceptedNames": dict(names),
+        "storedVersions": [v["name"] for v in obj["spec"]["versions"] if v.get("storage")],
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": ts},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": ts},
+        ],
+    }

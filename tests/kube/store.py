@@ -13,10 +13,37 @@ from typing import Callable, NamedTuple
 
 # resource -> what the API calls it; "group" is "" for core.
 RESOURCES: dict[str, dict] = {
-    "namespaces": {"kind": "Namespace", "apiVersion": "v1", "group": "", "namespaced": False, "singular": "namespace"},
-    "nodes": {"kind": "Node", "apiVersion": "v1", "group": "", "namespaced": False, "singular": "node"},
-    "pods": {"kind": "Pod", "apiVersion": "v1", "group": "", "namespaced": True, "singular": "pod"},
+    "namespaces": {"kind": "Namespace", "apiVersion": "v1", "group": "", "namespaced": False, "singular": "namespace",
+                   "shortNames": ["ns"]},
+    "nodes": {"kind": "Node", "apiVersion": "v1", "group": "", "namespaced": False, "singular": "node",
+              "shortNames": ["no"]},
+    "pods": {"kind": "Pod", "apiVersion": "v1", "group": "", "namespaced": True, "singular": "pod",
+             "shortNames": ["po"]},
     "jobs": {"kind": "Job", "apiVersion": "batch/v1", "group": "batch", "namespaced": True, "singular": "job"},
+}
+
+
+def _kind(kind: str, api_version: str, namespaced: bool, short: tuple[str, ...] = ()) -> dict:
+    group = api_version.rpartition("/")[0]
+    return {"kind": kind, "apiVersion": api_version, "group": group, "namespaced": namespaced,
+            "singular": kind.lower(), "shortNames": list(short)}
+
+
+# What an application's manifests use (`kubectl apply -k` of a service), served when a FakeKube is started with
+# app_kinds=True; the default server keeps to what Spillover's provider touches, as its discovery tests expect.
+APP_RESOURCES: dict[str, dict] = {
+    "configmaps": _kind("ConfigMap", "v1", True, ("cm",)),
+    "secrets": _kind("Secret", "v1", True),
+    "services": _kind("Service", "v1", True, ("svc",)),
+    "serviceaccounts": _kind("ServiceAccount", "v1", True, ("sa",)),
+    "deployments": _kind("Deployment", "apps/v1", True, ("deploy",)),
+    "roles": _kind("Role", "rbac.authorization.k8s.io/v1", True),
+    "rolebindings": _kind("RoleBinding", "rbac.authorization.k8s.io/v1", True),
+    "clusterroles": _kind("ClusterRole", "rbac.authorization.k8s.io/v1", False),
+    "clusterrolebindings": _kind("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", False),
+    "poddisruptionbudgets": _kind("PodDisruptionBudget", "policy/v1", True, ("pdb",)),
+    "customresourcedefinitions": _kind("CustomResourceDefinition", "apiextensions.k8s.io/v1", False,
+                                       ("crd", "crds")),
 }
 
 Key = tuple[str, str]  # (namespace or "", name)
@@ -56,11 +83,13 @@ class Expired(Exception):
 
 
 class Store:
-    def __init__(self, history: int):
+    def __init__(self, history: int, resources: dict[str, dict] | None = None):
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.rv = 0
-        self.objects: dict[str, dict[Key, dict]] = {r: {} for r in RESOURCES}
+        # This server's own table: custom resources registered by a CRD appear here and nowhere else.
+        self.resources: dict[str, dict] = {r: dict(info) for r, info in (resources or RESOURCES).items()}
+        self.objects: dict[str, dict[Key, dict]] = {r: {} for r in self.resources}
         self.by_uid: dict[str, tuple[str, Key]] = {}
         self.history: deque[Event] = deque(maxlen=max(1, history))
         # Watches from any resourceVersion below this cannot be served any more.
@@ -83,7 +112,7 @@ class Store:
 
     def create(self, resource: str, obj: dict) -> dict:
         """Store a new object (the caller checked the name is free); fills uid, timestamps and versions."""
-        info = RESOURCES[resource]
+        info = self.resources[resource]
         meta = obj.setdefault("metadata", {})
         obj["apiVersion"], obj["kind"] = info["apiVersion"], info["kind"]
         self.rv += 1
@@ -126,6 +155,18 @@ class Store:
         final["metadata"] = dict(old["metadata"], resourceVersion=str(self.rv))
         self._emit(resource, "DELETED", final, None)
         return final
+
+    def register(self, resource: str, info: dict) -> None:
+        """Serve a new resource (a custom resource whose CRD was created); its objects start empty."""
+        self.resources[resource] = dict(info)
+        self.objects.setdefault(resource, {})
+
+    def unregister(self, resource: str) -> None:
+        """Stop serving a custom resource; its objects go with it, as they do when a CRD is deleted."""
+        for key in list(self.objects.get(resource, {})):
+            self.delete(resource, key)
+        self.resources.pop(resource, None)
+        self.objects.pop(resource, None)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
