@@ -11,9 +11,9 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
+# psycopg is the PostgreSQL driver the service's store URL (postgresql+psycopg://) needs; the package lists
+# it only among the test extras, as the embedded SQLite store needs none.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- # psycopg is the PostgreSQL driver the service's store URL (postgresql+psycopg://) needs; the package lists
- # it only among the test extras, as the embedded SQLite store needs none.
  && pip wheel --wheel-dir /wheels /wheels/spillover-*.whl "psycopg[binary]>=3.1"
 
 # Stage 2: the runtime, as an unprivileged user whose numeric id the Deployments' runAsUser also names.
