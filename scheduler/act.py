@@ -105,6 +105,7 @@ class Actor:
                      attempts=job.attempts + 1, dispatched_at=now, reason=d.reason, intents=(intent,))
             self._wait_signature.pop(job.id, None)
             self._reason_at.pop(job.id, None)
+            ctx.metrics.admitted(job, ref.cluster, now)
             dispatches.append((job.id, ref.cluster, d.nodes, ref.gpu_type))
             if d.action == Decide.BURST:
                 report.burst += 1

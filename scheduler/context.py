@@ -13,6 +13,7 @@ from spillover.providers.contract import ClusterProvider, ClusterState, ErrorKin
 from spillover.scheduler.clock import Clock
 from spillover.scheduler.config import SpilloverConfig
 from spillover.scheduler.journal import Journal
+from spillover.scheduler.metrics import NULL_METRICS, NullMetrics
 from spillover.scheduler.model import JobState
 from spillover.scheduler.state import WorkingState
 from spillover.scheduler.records import ActionDone, Job, NewAction, NewEvent
@@ -60,6 +61,7 @@ class LoopContext:
         # called before a pool is asked to grow (True) or shrink (False): the ledger writes what it must first
         self.on_resize: Callable[[str, str, bool], None] = lambda _cluster, _pool, _grow: None
         self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
+        self.metrics: NullMetrics = NULL_METRICS  # the loop's Prometheus metrics, when served
 
     # ---- job changes -----------------------------------------------------------------------------
 
@@ -136,6 +138,8 @@ class LoopContext:
         try:
             call()
         except ProviderError as e:
+            intent = self.state.intents.get(key)
+            self.metrics.provider_error(intent.cluster if intent is not None else e.cluster, e)
             if e.kind in FINAL_ERRORS:
                 self.journal.done(key, at=self.clock.now(), ok=False, error=str(e))
             return e
@@ -157,7 +161,10 @@ class LoopContext:
     def commit(self) -> set[str]:
         """Write what the cycle queued so far; jobs another writer changed first count as a change."""
         before = self.journal.commits
+        ledger = self.journal.batch.ledger  # counted once written
         failed = self.journal.commit()
+        if ledger:
+            self.metrics.spent(ledger)
         self.report.commits += self.journal.commits - before
         if failed:
             self.dirty = True

@@ -43,6 +43,7 @@ class Health:
             except ProviderError as e:
                 h.failures += 1
                 report.unreachable.append(name)
+                ctx.metrics.provider_error(name, e)
                 if h.available and h.failures >= self.unavailable_after:
                     h.available, h.unavailable_since, h.message = False, ctx.clock.now(), str(e)
                     ctx.event("cluster", f"{name} marked unavailable after {h.failures} failed observations: {e}",
@@ -70,6 +71,7 @@ class Health:
         ctx.states = states
         for name, err in found:  # after every cluster is seen, so a failed pool's size is this cycle's
             ctx.event("error", str(err), now=ctx.clock.now(), cluster=name)
+            ctx.metrics.provider_error(name, err)
             if err.pool and err.kind in POOL_ERRORS:
                 self.pool_failed(f"{name}/{err.pool}", ctx.clock.now(), str(err))
             ctx.dirty = True

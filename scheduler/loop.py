@@ -30,6 +30,7 @@ from spillover.scheduler.clock import Clock
 from spillover.scheduler.config import CloudCluster, SpilloverConfig
 from spillover.scheduler.context import ACTIVE, CycleReport, LoopContext, log
 from spillover.scheduler.health import Health, summarize_signals
+from spillover.scheduler.metrics import NULL_METRICS, NullMetrics
 from spillover.scheduler.model import JobSpec, JobState
 from spillover.scheduler.problem import ProblemBuilder, Snapshot
 from spillover.scheduler.scaledown import ScaleDown
@@ -45,13 +46,16 @@ RESOLVE_EVERY_S = 300.0
 class ControlLoop:
     def __init__(self, config: SpilloverConfig, store: Store, providers: dict[str, ClusterProvider],
                  clock: Clock, *, solver: Callable[[PlacementProblem], Plan] = placement.solve,
-                 unavailable_after: int | None = None, crash_hook: Callable[[str], None] | None = None) -> None:
+                 unavailable_after: int | None = None, crash_hook: Callable[[str], None] | None = None,
+                 metrics: NullMetrics | None = None) -> None:
         self.config = config
         self.store = store
         self.providers = providers
         self.clock = clock
         self.solver = solver
         self.ctx = LoopContext(config, store, providers, clock, crash_hook=crash_hook)
+        # metrics are kept only when someone serves them (`spillover run --metrics-port`); a replay pays nothing
+        self.metrics = self.ctx.metrics = metrics or NULL_METRICS
         self.health = Health(self.ctx, unavailable_after or config.loop.unavailable_after)
         self.sync = PassiveSync(self.ctx, self.health)
         self.accrual = Accrual(self.ctx)
@@ -66,6 +70,7 @@ class ControlLoop:
         self._solved_for: set[str] = set()  # pending job ids the last solve saw
         self._revisit_at: float | None = None  # the last plan's "decide again by then"
         self.last_states: dict[str, ClusterState] = {}
+        self.metrics.attach(self)
 
     @property
     def state(self):
@@ -102,6 +107,7 @@ class ControlLoop:
         if record:
             ctx.commit()  # 8. record
         self.last_states = states
+        self.metrics.cycle(self, report)
         return report
 
     def _due(self, pending: list[Job]) -> bool:
@@ -122,6 +128,7 @@ class ControlLoop:
         problem, refs = self.problems.build(snap)
         plan = self.solver(problem)  # 5. decide
         report.solved, report.problem, report.plan = True, problem, plan
+        self.metrics.solved(plan)
         self._last_solve_at = now
         self._revisit_at = now + plan.revisit_h * 3600.0 if plan.revisit_h is not None else None
         self._solved_for = {j.id for j in pending}
