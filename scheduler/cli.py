@@ -53,13 +53,21 @@ class Format(str, Enum):
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """A user's mistake becomes one line on stderr and exit code 2, never a traceback."""
+def user_errors(source: str | None = None) -> Iterator[None]:
+    """A user's mistake becomes one line on stderr and exit code 2, never a traceback; so does a server's
+    problem answer (with --server), prefixed with `source` when it is about the input."""
     try:
         yield
     except UserError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except Exception as e:
+        client = sys.modules.get("spillover.client")
+        if client is None or not isinstance(e, client.ApiError):
+            raise
+        line = f"{source}: {e}" if source and isinstance(e, client.InvalidRequest | client.TooLarge) else str(e)
+        err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(3 if e.status == 0 or e.status >= 500 else 2) from None
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="SPILLOVER_CONFIG",
@@ -150,43 +158,39 @@ def prices_refresh(
 # ---- jobs --------------------------------------------------------------------------------------------
 
 
-def check_against_config(specs: list[JobSpec], config: SpilloverConfig, source: str) -> None:
-    """Reject specs that no configured queue or cluster could ever serve, naming the field."""
-    queues = [q.name for q in config.queues]
-    offered: dict[str, int] = {}  # gpu type -> largest GPUs per node
-    for c in config.clusters:
-        shapes = ([(p.gpu_type, p.gpus_per_node) for p in c.pools] if isinstance(c, CloudCluster)
-                  else [(g.gpu_type, g.gpus_per_node) for g in c.node_groups])
-        for t, n in shapes:
-            offered[t] = max(offered.get(t, 0), n)
-    for spec in specs:
-        if spec.queue not in queues:
-            raise UnknownQueueError(f"{source}: spec.queue: unknown queue {spec.queue!r}; configured queues: "
-                                    f"{', '.join(queues)}")
-        unknown = [t for t in spec.gpu_types if t not in offered]
-        if unknown:
-            raise JobSpecError([f"{source}: spec.gpuTypes: no cluster offers {', '.join(unknown)}; "
-                                f"available: {', '.join(sorted(offered))}"])
-        types = spec.gpu_types or list(offered)
-        largest = max(offered[t] for t in types)
-        if spec.gpus > largest:
-            raise JobSpecError([f"{source}: spec.gpus: {spec.gpus} GPUs per node, but the largest node for "
-                                f"{'/'.join(types) if spec.gpu_types else 'any type'} has {largest}; "
-                                f"use nodes: N for a gang of whole nodes"])
+ServerOpt = Annotated[Optional[str], typer.Option(
+    "--server", envvar="SPILLOVER_SERVER", metavar="URL",
+    help="talk to a `spillover serve` at URL (default: the config's store, directly)")]
+TokenOpt = Annotated[Optional[str], typer.Option(
+    "--token", envvar="SPILLOVER_TOKEN", metavar="TOKEN", show_default=False,
+    help="bearer token for --server (from `spillover token create`)")]
+
+
+def _client(server: str, token: str | None):
+    from spillover.client import Client
+
+    return Client(server, token)
 
 
 @app.command()
-def submit(file: Annotated[Path, typer.Argument(help="TrainingJob YAML or a batch/v1 Job manifest")],
-           config: ConfigOpt = None) -> None:
+def submit(file: Annotated[str, typer.Argument(metavar="FILE",
+                                               help="TrainingJob YAML or a batch/v1 Job manifest; - reads stdin")],
+           config: ConfigOpt = None, server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Add the job(s) in FILE to the global queue (all of them or none)."""
-    from spillover.scheduler.jobspec import load_job_specs
+    from spillover.scheduler.api_models import JobOut
+    from spillover.scheduler.intake import (DEFAULT_MAX_BYTES, check_against_config, load_job_file, read_job_file,
+                                            submit_specs)
 
-    with user_errors():
-        specs = load_job_specs(file)
-        cfg = _config(config)
-        check_against_config(specs, cfg, str(file))
-        store = _store(cfg)
-        jobs = store.submit(specs, now=RealClock().now(), teams={q.name: q.team for q in cfg.queues})
+    source = "<stdin>" if file == "-" else file
+    with user_errors(source):
+        if server:
+            limit = _config(config).api.max_body_bytes if config else DEFAULT_MAX_BYTES
+            jobs = _client(server, token).submit(read_job_file(file, limit))
+        else:
+            cfg = _config(config)
+            specs = load_job_file(file, cfg.api.max_body_bytes)
+            check_against_config(specs, cfg, source)
+            jobs = [JobOut.of(j) for j in submit_specs(_store(cfg), cfg, specs, now=RealClock().now())]
         for j in jobs:
             out.print(f"submitted {j.id} to queue {j.queue} ({j.gpus} GPU(s))")
 
@@ -195,41 +199,56 @@ def submit(file: Annotated[Path, typer.Argument(help="TrainingJob YAML or a batc
 def jobs(config: ConfigOpt = None,
          state: Annotated[Optional[list[JobState]], typer.Option(help="only these states")] = None,
          queue: Annotated[Optional[str], typer.Option(help="only this queue")] = None,
-         limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50) -> None:
+         limit: Annotated[int, typer.Option(help="at most this many, newest first", min=1)] = 50,
+         server: ServerOpt = None, token: TokenOpt = None) -> None:
     """List jobs: state, where each runs and why it is there."""
+    from spillover.scheduler.api_models import JobOut
+
     with user_errors():
-        cfg = _config(config)
-        rows = _store(cfg).jobs(state, queue)[-limit:]
-        table = Table(title=f"jobs ({len(rows)} shown; `spillover describe JOB` for the full story)")
-        now = RealClock().now()
-        cells = []
-        for j in rows:
-            where = f"{j.cluster}/{j.pool}" if j.pool else (j.cluster or "-")
-            waited = None if j.state == JobState.CANCELLED else (j.started_at or now) - j.submitted_at
-            cells.append([j.id, j.queue, str(j.gpus), j.state.value, where, _dur(waited), j.reason])
-        heads = ["job", "queue", "GPUs", "state", "where", "waited"]
-        widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
-        # the fixed columns keep their width; the reason gets the rest of the line, cut with an ellipsis
-        why_width = max(12, out.width - sum(widths) - 3 * (len(heads) + 1) - 1)
-        for h, w in zip(heads, widths):
-            table.add_column(h, min_width=w, no_wrap=True, justify="right" if h in ("GPUs", "waited") else "left")
-        narrow = why_width < 20  # too little room for a useful reason: leave it to `describe`
-        if not narrow:
-            table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=why_width)
-        for c in cells:
-            table.add_row(*(c[:-1] if narrow else c))
-        out.print(table)
+        if server:
+            rows = list(_client(server, token).jobs(state=state, queue=queue, page_size=min(limit, 1000), limit=limit))
+        else:
+            rows = [JobOut.of(j) for j in _store(_config(config)).jobs_page(states=state, queue=queue, limit=limit)]
+        _print_jobs(rows[::-1])  # oldest of them first, the newest at the bottom
+
+
+def _print_jobs(rows) -> None:
+    table = Table(title=f"jobs ({len(rows)} shown; `spillover describe JOB` for the full story)")
+    now = RealClock().now()
+    cells = []
+    for j in rows:
+        where = f"{j.cluster}/{j.pool}" if j.pool else (j.cluster or "-")
+        waited = None if j.state == JobState.CANCELLED else (j.started_at or now) - j.submitted_at
+        cells.append([j.id, j.queue, str(j.gpus), j.state.value, where, _dur(waited), j.reason])
+    heads = ["job", "queue", "GPUs", "state", "where", "waited"]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    # the fixed columns keep their width; the reason gets the rest of the line, cut with an ellipsis
+    why_width = max(12, out.width - sum(widths) - 3 * (len(heads) + 1) - 1)
+    for h, w in zip(heads, widths):
+        table.add_column(h, min_width=w, no_wrap=True, justify="right" if h in ("GPUs", "waited") else "left")
+    narrow = why_width < 20  # too little room for a useful reason: leave it to `describe`
+    if not narrow:
+        table.add_column("why", no_wrap=True, overflow="ellipsis", max_width=why_width)
+    for c in cells:
+        table.add_row(*(c[:-1] if narrow else c))
+    out.print(table)
 
 
 @app.command()
-def describe(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None) -> None:
+def describe(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None,
+             server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Show a job's spec, where it ran, why, and every event."""
+    from spillover.scheduler.api_models import JobDetail
     from spillover.scheduler.jobspec import job_spec_to_yaml
 
     with user_errors():
-        cfg = _config(config)
-        store = _store(cfg)
-        j = store.job(job)
+        if server:
+            d = _client(server, token).job(job)
+        else:
+            store = _store(_config(config))
+            found = store.job(job)
+            d = JobDetail.of(found, store.events(found.id))
+        j = d.job
         out.print(f"[bold]{j.id}[/bold]  queue={j.queue} team={j.team} state={j.state.value}")
         out.print(f"where: {j.cluster or '-'}{'/' + j.pool if j.pool else ''}  gpu type: {j.gpu_type or '-'}")
         out.print(f"why: {j.reason}", markup=False)
@@ -237,7 +256,7 @@ def describe(job: Annotated[str, typer.Argument(help="job id or name")], config:
         table = Table(title="events")
         for col in ("time", "kind", "state", "message"):
             table.add_column(col, overflow="fold")
-        for e in store.events(j.id):
+        for e in d.events:
             states = f"{e.from_state or ''}→{e.to_state}" if e.to_state else ""
             table.add_row(_ts(e.at), e.kind, states, e.message)
         out.print(table)
@@ -246,55 +265,50 @@ def describe(job: Annotated[str, typer.Argument(help="job id or name")], config:
 
 
 @app.command()
-def cancel(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None) -> None:
+def cancel(job: Annotated[str, typer.Argument(help="job id or name")], config: ConfigOpt = None,
+           server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Cancel a job: a queued one at once, a dispatched one once its cluster has removed it."""
+    from spillover.scheduler.intake import cancel_job
+
     with user_errors():
-        cfg = _config(config)
-        store = _store(cfg)
-        j = store.job(job)
-        now = RealClock().now()
-        if store.transition(j.id, [JobState.PENDING], JobState.CANCELLED, now=now, message="cancelled by user",
-                            finished_at=now):
-            out.print(f"cancelled {j.id}")
-        elif store.transition(j.id, [JobState.DISPATCHING, JobState.DISPATCHED, JobState.RUNNING],
-                              JobState.CANCELLING, now=now, message="cancel requested by user"):
-            out.print(f"cancelling {j.id}: the loop removes it from {j.cluster}")
+        if server:
+            message = _client(server, token).cancel(job).message
         else:
-            raise UserError(f"job {j.id} is {store.job(j.id).state.value}; only queued or running jobs can be cancelled")
+            message = cancel_job(_store(_config(config)), job, now=RealClock().now()).message
+        out.print(message)
 
 
 @app.command()
-def clusters(config: ConfigOpt = None) -> None:
+def clusters(config: ConfigOpt = None, server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Member clusters and pools: capacity, price, and what the loop last saw."""
+    from spillover.scheduler.api_models import cluster_overview
+
     with user_errors():
-        cfg = _config(config)
-        store = _store(cfg)
+        if server:
+            rows = _client(server, token).clusters()
+        else:
+            cfg = _config(config)
+            store = _store(cfg)
+            rows = cluster_overview(cfg, store.cluster_statuses(), store.pool_statuses(), RealClock().now())
         table = Table(title="clusters")
         for col in ("cluster", "pool", "instance", "GPU", "GPUs", "$/node-h", "nodes", "status"):
             table.add_column(col, overflow="fold")
-        now = RealClock().now()
-        for c in cfg.clusters:
-            st = store.cluster_status(c.name)
-            status = "ok" if st.available else f"unavailable: {st.message}"
-            if st.last_observed_at is None:
+        for c in rows:
+            status = "ok" if c.available else f"unavailable: {c.message}"
+            if not c.observed:
                 status = "not observed yet"
-            status += _signals_text(st.signals)
-            if isinstance(c, CloudCluster):
-                for p in c.pools:
-                    ps = store.pool_status(f"{c.name}/{p.name}")
-                    cooling = ps.cooloff_until is not None and ps.cooloff_until > now
-                    table.add_row(c.name, p.name, p.instance_type + (" (spot)" if p.spot else ""), p.gpu_type,
-                                  f"{p.gpus_per_node}/node", f"{p.price_per_hour:.2f}", f"{p.min_nodes}-{p.max_nodes}",
-                                  f"cooling off: {ps.message}" if cooling else status)
-            else:
-                for g in c.node_groups:
-                    table.add_row(c.name, "-", "on-prem", g.gpu_type, str(g.count * g.gpus_per_node),
-                                  f"{c.gpu_hour_cost * g.gpus_per_node:.2f}", str(g.count), status)
+            status += _signals_text(c.signals)
+            for p in c.pools:
+                table.add_row(c.name, p.name, p.instance_type + (" (spot)" if p.spot else ""), p.gpu_type,
+                              f"{p.gpus_per_node}/node", f"{p.price_per_hour:.2f}", f"{p.min_nodes}-{p.max_nodes}",
+                              f"cooling off: {p.message}" if p.cooling_off else status)
+            for g in c.node_groups:
+                table.add_row(c.name, "-", "on-prem", g.gpu_type, str(g.count * g.gpus_per_node),
+                              f"{g.gpu_hour_cost * g.gpus_per_node:.2f}", str(g.count), status)
         out.print(table)
 
 
-def _signals_text(raw: str | None) -> str:
-    signals = json.loads(raw or "{}")
+def _signals_text(signals: dict[str, float]) -> str:
     parts = []
     if "gpu_utilization_avg" in signals:
         parts.append(f"GPU util {signals['gpu_utilization_avg']:.0f}%")
@@ -310,17 +324,24 @@ def _signals_text(raw: str | None) -> str:
 @app.command("cost-report")
 def cost_report_cmd(config: ConfigOpt = None,
                     by: Annotated[ReportBy, typer.Option(help="group costs by")] = ReportBy.cloud,
-                    fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.table) -> None:
+                    fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.table,
+                    server: ServerOpt = None, token: TokenOpt = None) -> None:
     """Dollars, node-hours and GPU-hours from the cost ledger."""
     with user_errors():
-        cfg = _config(config)
-        print_cost_report(_store(cfg), by.value, fmt.value)
+        if server:
+            render_cost_report(_client(server, token).cost(by.value).rows, by.value, fmt.value)
+        else:
+            print_cost_report(_store(_config(config)), by.value, fmt.value)
 
 
 def print_cost_report(store, by: str, fmt: str, title: str | None = None) -> None:
     from spillover.scheduler.costs import cost_report
 
-    rows = cost_report(store, by)
+    render_cost_report(cost_report(store, by), by, fmt, title)
+
+
+def render_cost_report(rows, by: str, fmt: str, title: str | None = None) -> None:
+    """Rows with key, node_hours, gpu_hours and usd as a table, CSV or JSON."""
     if fmt == "json":
         sys.stdout.write(json.dumps([{by: r.key, "node_hours": round(r.node_hours, 4),
                                       "gpu_hours": round(r.gpu_hours, 4), "usd": round(r.usd, 2)} for r in rows],
@@ -343,6 +364,90 @@ def print_cost_report(store, by: str, fmt: str, title: str | None = None) -> Non
     table.add_row("[bold]total[/bold]", f"{sum(r.node_hours for r in rows):,.1f}",
                   f"{sum(r.gpu_hours for r in rows):,.1f}", f"[bold]{sum(r.usd for r in rows):,.2f}[/bold]")
     out.print(table)
+
+
+# ---- the API -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[Optional[str], typer.Option(help="address to listen on (default: api.host)")] = None,
+          port: Annotated[Optional[int], typer.Option(help="port (default: api.port; 0: any free port)",
+                                                      min=0, max=65535)] = None,
+          log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+          access_log: Annotated[bool, typer.Option(help="log every request line")] = True) -> None:
+    """Serve the HTTP API (/api/v1, /openapi.json, /healthz, /readyz) under uvicorn."""
+    import uvicorn
+
+    from spillover.scheduler.api import create_app
+
+    if log_level not in ("debug", "info", "warning", "error"):
+        with user_errors():
+            raise UserError(f"--log-level: must be debug, info, warning or error (got {log_level!r})")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with user_errors():
+        cfg = _config(config)
+        api = create_app(cfg, _store(cfg))
+    uvicorn.run(api, host=host or cfg.api.host, port=cfg.api.port if port is None else port, log_level=log_level,
+                access_log=access_log)
+
+
+token_app = typer.Typer(help="Bearer tokens of the HTTP API (these talk to the store directly).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+class Role(str, Enum):
+    submitter = "submitter"
+    ops = "ops"
+    finance = "finance"
+    admin = "admin"
+
+
+@token_app.command("create")
+def token_create(team: Annotated[str, typer.Option(help="the team the token acts for")],
+                 role: Annotated[Role, typer.Option(help="submitter, ops, finance or admin")],
+                 name: Annotated[str, typer.Option(help="what it is for, e.g. ci-bot")],
+                 config: ConfigOpt = None) -> None:
+    """Create a token and print it once (stdout holds only the token); the store keeps its SHA-256."""
+    from spillover.scheduler.auth import create_token
+    from spillover.scheduler.intake import teams_of
+
+    with user_errors():
+        cfg = _config(config)
+        teams = sorted(set(teams_of(cfg).values()))
+        if role in (Role.submitter, Role.finance) and team not in teams:
+            raise UserError(f"--team: unknown team {team!r}; teams of the configured queues: {', '.join(teams)}")
+        info, secret = create_token(_store(cfg), team=team, role=role.value, name=name, now=RealClock().now())
+    err.print(f"created token {info.id} ({info.name}: team {info.team}, role {info.role}); it is shown only now",
+              markup=False, highlight=False)
+    sys.stdout.write(secret + "\n")
+
+
+@token_app.command("list")
+def token_list(config: ConfigOpt = None) -> None:
+    """Every token's id, name, team, role and dates (never the tokens)."""
+    from spillover.scheduler.auth import list_tokens
+
+    with user_errors():
+        tokens = list_tokens(_store(_config(config)))
+    table = Table(title=f"tokens ({len(tokens)})")
+    for col in ("id", "name", "team", "role", "created", "revoked"):
+        table.add_column(col)
+    for t in tokens:
+        table.add_row(t.id, t.name, t.team, t.role, _ts(t.created_at), _ts(t.revoked_at))
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="the token's id (token list)")],
+                 config: ConfigOpt = None) -> None:
+    """Revoke a token: the API refuses it from its next request on."""
+    from spillover.scheduler.auth import revoke_token
+
+    with user_errors():
+        t = revoke_token(_store(_config(config)), token_id, now=RealClock().now())
+    out.print(f"revoked {t.id} ({t.name}, team {t.team}, role {t.role})")
 
 
 # ---- the loop ----------------------------------------------------------------------------------------

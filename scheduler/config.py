@@ -148,6 +148,16 @@ class LoopConfig(_Model):
     )
 
 
+class ApiConfig(_Model):
+    """`spillover serve`: where the HTTP API listens and how much one request may carry."""
+
+    host: NonEmpty = Field(default="127.0.0.1", description="address to listen on")
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1024 * 1024, description="a request body larger than this is refused (413) before it is read whole")
+    max_jobs_per_request: Annotated[int, Field(ge=1)] = Field(default=1000, description="jobs one submit may carry")
+
+
 class KubernetesConfig(_Model):
     """How to reach a cluster's Kubernetes API and shape the Jobs Spillover creates there."""
 
@@ -562,6 +572,7 @@ class SpilloverConfig(_Model):
     kind: Literal["SpilloverConfig"] = KIND
     store: StoreConfig = Field(default_factory=StoreConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
     gpu_speeds: dict[NonEmpty, PositiveFloat] = Field(
         default_factory=dict, description="throughput relative to speed 1.0; a GPU type not listed is 1.0"

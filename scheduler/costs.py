@@ -101,12 +101,13 @@ class CostRow:
 
 
 def cost_report(store: Store, by: str, *, since: float | None = None, until: float | None = None,
-                include_idle: bool = True) -> list[CostRow]:
-    """Totals grouped by `by` (cloud, cluster, pool, queue, team or job); idle node time shows as '(idle)'."""
+                include_idle: bool = True, team: str | None = None) -> list[CostRow]:
+    """Totals grouped by `by` (cloud, cluster, pool, queue, team or job); idle node time shows as '(idle)'. With
+    `team`, only what that team's jobs used."""
     if by not in REPORT_KEYS:
         raise ValueError(f"by must be one of {', '.join(REPORT_KEYS)}")
     rows = []
-    for key, nh, gh, usd in store.ledger_totals(by, since=since, until=until):
+    for key, nh, gh, usd in store.ledger_totals(by, since=since, until=until, team=team):
         if not key:
             if not include_idle:
                 continue

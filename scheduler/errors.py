@@ -81,6 +81,10 @@ class UnknownJobError(_UnknownName):
     what, listing = "job", "known jobs"
 
 
+class ConflictError(UserError):
+    """The request cannot be done in the object's current state (cancelling a finished job)."""
+
+
 class StoreUnavailableError(UserError):
     """The store named by `store.url` cannot be opened."""
 

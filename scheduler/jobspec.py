@@ -416,6 +416,15 @@ def _document(doc: Any) -> JobSpec:
     return parsed.to_job_spec()
 
 
+def parse_job_document(doc: Any) -> JobSpec:
+    """One already-parsed document (a TrainingJob or a batch/v1 Job) as a JobSpec, or a JobSpecError whose
+    `.errors` are "field.path: message" lines without a source."""
+    try:
+        return _document(doc)
+    except _DocumentError as exc:
+        raise JobSpecError(exc.errors) from None
+
+
 def parse_job_specs(text: str, source: str = "<input>") -> list[JobSpec]:
     """Every job in a YAML stream of one or more documents, or a JobSpecError if any document is invalid."""
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, event, func, select, text, update
+from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -105,13 +105,17 @@ class Store:
                 _insert_jobs(conn, made)
         return [j for j, _ in made]
 
-    def job(self, ref: str) -> Job:
-        """A job by id, or by name (the newest with that name)."""
+    def job(self, ref: str, *, team: str | None = None) -> Job:
+        """A job by id, or by name (the newest with that name); with `team`, only that team's jobs are found."""
         with self._read() as s:
             row = s.get(JobRow, ref)
+            if row is not None and team is not None and row.team != team:
+                row = None
             if row is None:
-                row = s.scalars(select(JobRow).where(JobRow.name == ref)
-                                .order_by(JobRow.submitted_at.desc(), JobRow.id.desc()).limit(1)).first()
+                q = select(JobRow).where(JobRow.name == ref)
+                if team is not None:
+                    q = q.where(JobRow.team == team)
+                row = s.scalars(q.order_by(JobRow.submitted_at.desc(), JobRow.id.desc()).limit(1)).first()
             if row is None:
                 raise UnknownJobError(f"unknown job {ref!r}; `spillover jobs` lists job ids and names")
             return Job.of(row)
@@ -130,6 +134,32 @@ class Store:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             return [Job.of(r) for r in conn.execute(q)]
+
+    def jobs_page(self, *, states: Iterable[JobState] | None = None, queue: str | None = None,
+                  team: str | None = None, limit: int = 50, before: tuple[float, str] | None = None) -> list[Job]:
+        """Newest first, at most `limit`, only those older than `before` (the (submitted_at, id) of the last one
+        seen): a cursor, so jobs submitted meanwhile never shift a page."""
+        t = JobRow.__table__
+        q = select(*t.c)
+        if states is not None:
+            q = q.where(t.c.state.in_([st.value for st in states]))
+        if queue is not None:
+            q = q.where(t.c.queue == queue)
+        if team is not None:
+            q = q.where(t.c.team == team)
+        if before is not None:
+            q = q.where(or_(t.c.submitted_at < before[0], and_(t.c.submitted_at == before[0], t.c.id < before[1])))
+        q = q.order_by(t.c.submitted_at.desc(), t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [Job.of(r) for r in conn.execute(q)]
+
+    def ping(self) -> None:
+        """One trivial query on a jobs table; StoreUnavailableError when the store does not answer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(JobRow.__table__.c.id).limit(1)).all()
+        except Exception:
+            raise StoreUnavailableError("the store does not answer") from None
 
     def jobs_by_ids(self, ids: Iterable[str]) -> dict[str, Job]:
         ids = list(ids)
@@ -376,9 +406,10 @@ class Store:
             batch.ledger += entries
         self.apply(batch)
 
-    def ledger_totals(self, by: str, *, since: float | None = None, until: float | None = None
-                      ) -> list[tuple[str, float, float, float]]:
-        """(key, node-hours, GPU-hours, dollars) grouped by cloud, cluster, pool, queue, team or job."""
+    def ledger_totals(self, by: str, *, since: float | None = None, until: float | None = None,
+                      team: str | None = None) -> list[tuple[str, float, float, float]]:
+        """(key, node-hours, GPU-hours, dollars) grouped by cloud, cluster, pool, queue, team or job; with `team`,
+        only that team's rows (idle node time belongs to no team)."""
         column = {"cloud": LedgerRow.cloud, "cluster": LedgerRow.cluster, "pool": LedgerRow.pool,
                   "queue": LedgerRow.queue, "team": LedgerRow.team, "job": LedgerRow.job_id}[by]
         q = select(column, func.sum(LedgerRow.node_hours), func.sum(LedgerRow.gpu_hours), func.sum(LedgerRow.usd))
@@ -386,6 +417,8 @@ class Store:
             q = q.where(LedgerRow.bucket >= since)
         if until is not None:
             q = q.where(LedgerRow.bucket < until)
+        if team is not None:
+            q = q.where(LedgerRow.team == team)
         q = q.group_by(column).order_by(func.sum(LedgerRow.usd).desc())
         with self._read() as s:
             return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
