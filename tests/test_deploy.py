@@ -171,9 +171,11 @@ def test_rbac_grants_the_loop_what_a_member_cluster_grants_and_no_more(rendered)
     assert not [k for k, _ in rendered if k in ("Role", "RoleBinding")]
 
 
-def test_the_config_in_the_config_map_is_valid(rendered, tmp_path):
+@pytest.mark.parametrize("directory", ["overlays/example", "base"])
+def test_the_config_in_the_config_map_is_valid(directory, rendered, tmp_path):
+    objects = rendered if directory == "overlays/example" else render(ROOT / "deploy" / "kustomize" / directory)
     path = tmp_path / "spillover.yaml"
-    path.write_text(one(rendered, "ConfigMap", "spillover-config")["data"]["spillover.yaml"])
+    path.write_text(one(objects, "ConfigMap", "spillover-config")["data"]["spillover.yaml"])
     done = subprocess.run([sys.executable, "-m", "spillover.scheduler.cli", "config", "validate", str(path)],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
