@@ -126,7 +126,8 @@ def test_the_api_is_probed_on_healthz_and_readyz_by_its_named_port(rendered):
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     loop = pod_spec(rendered[("Deployment", "spillover-loop")])["containers"][0]
     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in loop["ports"]
-    assert loop["args"][3:] == ["--metrics-port", "9090"]
+    # reachable from Prometheus and the kubelet, not only from inside the pod
+    assert loop["args"][3:] == ["--metrics-port", "9090", "--metrics-host", "0.0.0.0"]
 
 
 def test_pods_run_as_non_root_on_a_read_only_root_filesystem_with_resources(rendered):
