@@ -40,6 +40,7 @@ from spillover.scheduler.tables import (
     ClusterStatusRow,
     EventRow,
     JobRow,
+    LeadershipRow,
     LedgerMarkRow,
     LedgerRow,
     PoolStatusRow,
@@ -50,6 +51,11 @@ from spillover.scheduler.tables import (
 # PostgreSQL advisory lock taken by every write transaction (see Store.tx)
 EVENT_ORDER_LOCK = 7263012
 NON_TERMINAL = tuple(st.value for st in JobState if not st.terminal)
+LEADERSHIP = "loop"  # the leadership row whose epoch fences the loop's writes
+
+
+class Fenced(Exception):
+    """A loop's write was refused: a newer leader holds the fencing epoch, so this one must stop acting."""
 
 
 class Store:
@@ -73,6 +79,21 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pg = self.engine.dialect.name == "postgresql"
         self._conn: Any = None  # see _write
+        self._epoch: int | None = None  # see fence
+
+    def fence(self, epoch: int | None) -> None:
+        """Make every write transaction of this store check, first, that the leadership epoch is still `epoch`,
+        and fail with Fenced, writing nothing, once a newer leader has taken over (None: no check; the stores of
+        the CLI and the API, whose writes are users', never set one)."""
+        self._epoch = epoch
+
+    def _check_fence(self, conn: Any) -> None:
+        # An UPDATE rather than a SELECT: it locks the row (PostgreSQL) or the database (SQLite) until commit, so
+        # a new leader's epoch increment waits for this transaction and every later one of ours sees it.
+        if self._epoch is not None and _FENCE.one(conn, {"n": LEADERSHIP, "e": self._epoch}) != 1:
+            current = conn.execute(select(LeadershipRow.epoch).where(LeadershipRow.name == LEADERSHIP)).scalar()
+            raise Fenced(f"the loop's epoch {self._epoch} is over: a newer leader holds epoch {current}")
+
 
     def close(self) -> None:
         if self._conn is not None:
@@ -87,6 +108,7 @@ class Store:
         with self._sessions.begin() as s:
             if self._pg:
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_ORDER_LOCK})
+            self._check_fence(s.connection())
             yield s
 
     @contextmanager
@@ -101,7 +123,7 @@ class Store:
         """Add jobs to the queue in one transaction: all are stored or none is."""
         made = new_jobs(specs, now=now, teams=teams, ids=ids)
         if made:
-            with self._write() as conn:
+            with self._write(fenced=False) as conn:  # a user's write: never fenced
                 _insert_jobs(conn, made)
         return [j for j, _ in made]
 
@@ -253,7 +275,7 @@ class Store:
         """{job id: the state its newest event moved it to} for events after id `after`, and the newest id."""
         out: dict[str, str] = {}
         mark = after
-        with self._write() as conn:
+        with self._write(fenced=False) as conn:  # a read
             for eid, job_id, to_state in _EVENTS_AFTER.rows(conn, {"after": after}):
                 mark = eid
                 if job_id is not None and to_state is not None:
@@ -295,9 +317,10 @@ class Store:
         return failed
 
     @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _write(self, *, fenced: bool = True) -> Iterator[Any]:
         """A Core transaction on a connection kept open for the loop's many small writes and reads, with the same
-        turn-taking on PostgreSQL as `tx`. A connection that failed is dropped and opened again next time."""
+        turn-taking on PostgreSQL as `tx` and, when `fenced`, the same epoch check. A connection that failed is
+        dropped and opened again next time."""
         if self._conn is None or self._conn.closed:
             self._conn = self.engine.connect()
         conn = self._conn
@@ -305,6 +328,8 @@ class Store:
             with conn.begin():
                 if self._pg:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_ORDER_LOCK})
+                if fenced:
+                    self._check_fence(conn)
                 yield conn
         except BaseException:
             self._conn = None
@@ -440,6 +465,9 @@ _ACTION_DONE = Compiled(update(_at).where(_at.c.key == bindparam("k"))
 _REASON = Compiled(update(_jt).where(_jt.c.id == bindparam("id"), _jt.c.state == bindparam("pending"))
                    .values(reason=bindparam("r"), updated_at=bindparam("at")))
 _ACTION_COLUMNS = ["key", "kind", "job_id", "cluster", "pool", "payload", "status", "created_at", "error"]
+_lt = LeadershipRow.__table__
+_FENCE = Compiled(update(_lt).where(_lt.c.name == bindparam("n"), _lt.c.epoch == bindparam("e"))
+                  .values(epoch=_lt.c.epoch))
 
 
 def _insert(dialect: str, table: Any) -> Any:
