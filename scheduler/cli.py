@@ -458,22 +458,35 @@ def run(config: ConfigOpt = None,
         once: Annotated[bool, typer.Option(help="run one cycle and exit")] = False,
         cycles: Annotated[Optional[int], typer.Option(help="stop after this many cycles")] = None,
         state_dir: Annotated[Path, typer.Option(help="where simulated clusters keep their state")] = Path(".spillover/sim"),
-        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Run the control loop in the foreground on the configured clusters."""
+        verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+        lock_poll_s: Annotated[float, typer.Option(
+            "--lock-poll-s", min=0.05, help="how often a follower tries to take the lead (seconds)")] = 0.5) -> None:
+    """Run the control loop in the foreground on the configured clusters. Any number may run on one store: one
+    leads and acts, the others follow and take over when it stops (--once runs only when no other loop leads)."""
+    from spillover.scheduler.leader import leadership_for, run_as_leader
     from spillover.scheduler.loop import ControlLoop
     from spillover.scheduler.wiring import build_providers
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("spillover.leader").setLevel(logging.INFO)  # who leads is always worth a line
     with user_errors():
         cfg = _config(config)
         store = _store(cfg)
         clock = RealClock()
-        loop = ControlLoop(cfg, store, build_providers(cfg, clock, state_dir=state_dir), clock,
-                           crash_hook=_crash_hook_from_env())
-        out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {cfg.store.url}")
+
+        def start(_epoch: int) -> ControlLoop:
+            # only the leader builds providers and loads the working state, afresh at each lead: a follower
+            # never touches a cluster, and a new leader knows only what the store says
+            return ControlLoop(cfg, store, build_providers(cfg, clock, state_dir=state_dir), clock,
+                               crash_hook=_crash_hook_from_env())
+
+        safe_url = store.engine.url.render_as_string(hide_password=True)
+        out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {safe_url}",
+                  markup=False, highlight=False)
         try:
-            loop.run(max_cycles=1 if once else cycles)
+            run_as_leader(leadership_for(store, poll_s=lock_poll_s), start, max_cycles=1 if once else cycles,
+                          wait=not once)
         except KeyboardInterrupt:
             out.print("stopped")
 
