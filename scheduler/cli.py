@@ -459,6 +459,10 @@ def run(config: ConfigOpt = None,
         cycles: Annotated[Optional[int], typer.Option(help="stop after this many cycles")] = None,
         state_dir: Annotated[Path, typer.Option(help="where simulated clusters keep their state")] = Path(".spillover/sim"),
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+        metrics_port: Annotated[Optional[int], typer.Option(
+            "--metrics-port", min=0, max=65535, help="serve Prometheus metrics on this port (/metrics)")] = None,
+        metrics_host: Annotated[str, typer.Option(
+            "--metrics-host", help="address the metrics server listens on")] = "127.0.0.1",
         lock_poll_s: Annotated[float, typer.Option(
             "--lock-poll-s", min=0.05, help="how often a follower tries to take the lead (seconds)")] = 0.5) -> None:
     """Run the control loop in the foreground on the configured clusters. Any number may run on one store: one
@@ -474,21 +478,36 @@ def run(config: ConfigOpt = None,
         cfg = _config(config)
         store = _store(cfg)
         clock = RealClock()
+        metrics = _serve_metrics(metrics_host, metrics_port) if metrics_port is not None else None
 
         def start(_epoch: int) -> ControlLoop:
             # only the leader builds providers and loads the working state, afresh at each lead: a follower
             # never touches a cluster, and a new leader knows only what the store says
             return ControlLoop(cfg, store, build_providers(cfg, clock, state_dir=state_dir), clock,
-                               crash_hook=_crash_hook_from_env())
+                               crash_hook=_crash_hook_from_env(), metrics=metrics)
 
         safe_url = store.engine.url.render_as_string(hide_password=True)
         out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {safe_url}",
                   markup=False, highlight=False)
         try:
-            run_as_leader(leadership_for(store, poll_s=lock_poll_s), start, max_cycles=1 if once else cycles,
-                          wait=not once)
+            leader = leadership_for(store, poll_s=lock_poll_s)
+            run_as_leader(metrics.watch_leader(leader) if metrics else leader, start,
+                          max_cycles=1 if once else cycles, wait=not once)
         except KeyboardInterrupt:
             out.print("stopped")
+
+
+def _serve_metrics(host: str, port: int):
+    """The loop's metrics, served from a thread before the first cycle (port 0: any free port, printed)."""
+    from spillover.scheduler.metrics import LoopMetrics
+
+    metrics = LoopMetrics()
+    try:
+        server, _thread = metrics.serve(port, host)
+    except OSError as e:
+        raise UserError(f"--metrics-port: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    out.print(f"spillover: metrics on http://{host}:{server.server_port}/metrics", highlight=False)
+    return metrics
 
 
 def _crash_hook_from_env():

@@ -214,6 +214,15 @@ class LoopMetrics(NullMetrics):
     def spent(self, entries: Iterable[LedgerEntry]) -> None:
         self.ledger.add(entries)
 
+    def watch_leader(self, leader: Any) -> Any:
+        """`spillover_leader` (1 while this process leads) and `spillover_leader_epoch` (the fencing epoch it
+        leads at, 0 while it follows), read from the election's `epoch` at each scrape. Returns `leader`."""
+        Gauge("spillover_leader", "1 while this loop process leads (acts on the clusters), 0 while it follows.",
+              registry=self.registry).set_function(lambda: 0 if leader.epoch is None else 1)
+        Gauge("spillover_leader_epoch", "The fencing epoch this process leads at; 0 while it follows.",
+              registry=self.registry).set_function(lambda: leader.epoch or 0)
+        return leader
+
     # ---- exposure --------------------------------------------------------------------------------
 
     def serve(self, port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
