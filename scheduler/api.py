@@ -319,7 +319,11 @@ _SUBMIT_BODY = {
     "required": True,
     "description": "one job document or many: a JSON object or array, or YAML (several documents or a list)",
     "content": {
-        "application/json": {"schema": {"oneOf": [_JOB_DOC, {"type": "array", "items": _JOB_DOC}]}},
+        "application/json": {"schema": {"oneOf": [_JOB_DOC, {"type": "array", "items": _JOB_DOC}]},
+                             "example": {"apiVersion": "spillover/v1alpha1", "kind": "TrainingJob",
+                                         "metadata": {"name": "bert-finetune"},
+                                         "spec": {"queue": "research", "image": "ghcr.io/acme/bert:1.4", "gpus": 4,
+                                                  "estimatedRuntime": "3h"}}},
         "application/yaml": {"schema": {"type": "string"}},
         "text/yaml": {"schema": {"type": "string"}},
     },
@@ -382,6 +386,17 @@ def create_app(config: SpilloverConfig, store: Store | None = None) -> FastAPI:
     def readyz() -> dict[str, str]:
         store.ping()
         return {"status": "ready"}
+
+    from spillover.scheduler.metrics import render, store_registry
+
+    registry = store_registry(store, config)
+
+    # read from the store at each scrape, so every replica serves the same figures; aggregates only, and
+    # Prometheus scrapes without a token, as it does /healthz
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = render(registry)
+        return Response(body, media_type=content_type)
 
     app.include_router(build_router(api))
     app.add_middleware(BodyLimit, max_bytes=config.api.max_body_bytes)
