@@ -71,9 +71,11 @@ class GpuExporter:
 
 
 class PrometheusServer:
-    """The real `prometheus` binary on 127.0.0.1, scraping one target every second."""
+    """The real `prometheus` binary on 127.0.0.1, scraping one target every second (or, with `scrape_jobs`,
+    several jobs' targets; `wait_for_scrape` then waits for the first job's)."""
 
-    def __init__(self, binary: str, workdir: Path, scrape_target: str) -> None:
+    def __init__(self, binary: str, workdir: Path, scrape_target: str = "",
+                 scrape_jobs: dict[str, list[str]] | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
         self.data_dir = workdir / "data"
@@ -82,11 +84,14 @@ class PrometheusServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
+        jobs = scrape_jobs or {SCRAPE_JOB: [scrape_target]}
+        self.job = next(iter(jobs))
         workdir.mkdir(parents=True, exist_ok=True)
         # JSON is YAML, so no YAML writer is needed.
         self.config_file.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": SCRAPE_JOB, "static_configs": [{"targets": [scrape_target]}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
+                               for job, targets in jobs.items()],
         }))
 
     @property
@@ -128,10 +133,11 @@ class PrometheusServer:
 
         def scraped() -> bool:
             # timestamp() of a bare selector is the sample's scrape time; of any other expression, "now".
-            stamp, up = self.query(f'timestamp(up{{job="{SCRAPE_JOB}"}})'), self.query(f'up{{job="{SCRAPE_JOB}"}}')
-            return bool(stamp and up) and float(stamp[0]["value"][1]) > since and up[0]["value"][1] == "1"
+            stamp, up = self.query(f'timestamp(up{{job="{self.job}"}})'), self.query(f'up{{job="{self.job}"}}')
+            return bool(stamp and up) and all(float(s["value"][1]) > since for s in stamp) and all(
+                u["value"][1] == "1" for u in up)
 
-        self._wait(scraped, "to store a scrape of the exporter")
+        self._wait(scraped, f"to store a scrape of every {self.job} target")
 
     def query(self, promql: str) -> Any:
         """The raw instant-query result, or None; independent of the code under test on purpose."""
@@ -202,6 +208,25 @@ def _prometheus_session(_gpu_exporter_session: GpuExporter,
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def prometheus_scraping(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., PrometheusServer]]:
+    """start(jobs={job name: [host:port, ...]}) -> a real server of this test's own scraping those targets every
+    second, started once every target of the first job has been scraped; stopped at the end of the test."""
+    started: list[PrometheusServer] = []
+
+    def start(jobs: dict[str, list[str]]) -> PrometheusServer:
+        server = PrometheusServer(prometheus_binary(), tmp_path_factory.mktemp("prometheus"), scrape_jobs=jobs)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture
