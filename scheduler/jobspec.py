@@ -402,7 +402,7 @@ def _document(doc: Any) -> JobSpec:
     if not isinstance(doc, Mapping):
         raise _DocumentError([f"must be a mapping with apiVersion and kind; expected {_ACCEPTED}"])
     version, kind = doc.get("apiVersion"), doc.get("kind")
-    if version not in KINDS:
+    if not isinstance(version, str) or version not in KINDS:  # a list or a mapping is not hashable
         got = "required" if version is None else f"unsupported (got {version!r})"
         raise _DocumentError([f"apiVersion: {got}; expected {_ACCEPTED}"])
     if kind != KINDS[version]:
