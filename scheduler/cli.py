@@ -488,7 +488,7 @@ def run(config: ConfigOpt = None,
 
         safe_url = store.engine.url.render_as_string(hide_password=True)
         out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {safe_url}",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         try:
             leader = leadership_for(store, poll_s=lock_poll_s)
             run_as_leader(metrics.watch_leader(leader) if metrics else leader, start,
