@@ -144,10 +144,11 @@ class Leader:
                 # the store is down or restarting: keep trying, say so once
                 self._unlock()
                 why = _first_line(e)
+                retry_s = max(self.poll_s, 1.0)
                 if why != failing:
-                    log.warning("leader election: cannot reach the store (%s); retrying every %gs", why, self.poll_s)
+                    log.warning("leader election: cannot reach the store (%s); retrying every %gs", why, retry_s)
                     failing = why
-                self._sleep(max(self.poll_s, 1.0))
+                self._sleep(retry_s)
                 continue
             if info != said and info is not None:
                 log.info("following: leader is %s", info)
@@ -166,9 +167,14 @@ class Leader:
             except SQLAlchemyError as e:
                 why = f"cannot read the leadership epoch ({_first_line(e)})"
             else:
-                if info is None or info.epoch != self.epoch:
+                if info is None:
+                    why = "the leadership row is gone"
+                elif info.epoch != self.epoch:
                     why = f"a newer leader took over: {info}"
         return why
+
+    def pause(self, seconds: float) -> None:
+        self._sleep(seconds)
 
     def release(self) -> None:
         """Stop leading (or give up trying): the lock is let go. The store stays fenced at the old epoch, so
@@ -335,7 +341,7 @@ def run_as_leader(leader: Leader, start: Callable[[int], Any], *, max_cycles: in
             log.warning("stopped leading at epoch %d: %s; following again", epoch, why)
             # a process that just lost the lead (its connection was cut, the store failed it) gives a follower
             # that polls meanwhile the first chance to take over
-            leader._sleep(2 * leader.poll_s)
+            leader.pause(2 * leader.poll_s)
     finally:
         leader.release()
 
