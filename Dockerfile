@@ -11,10 +11,10 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
-# psycopg is the PostgreSQL driver the service's store URL (postgresql+psycopg://) needs; the package lists
-# it only among the test extras, as the embedded SQLite store needs none.
+# The postgres extra brings the driver the service's store URL (postgresql+psycopg://) needs; the embedded
+# SQLite store needs none.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
- && pip wheel --wheel-dir /wheels /wheels/spillover-*.whl "psycopg[binary]>=3.1"
+ && pip wheel --wheel-dir /wheels "$(ls /wheels/spillover-*.whl)[postgres]"
 
 # Stage 2: the runtime, as an unprivileged user whose numeric id the Deployments' runAsUser also names.
 FROM python:3.11-slim
@@ -34,7 +34,7 @@ RUN groupadd --system --gid 10001 spillover \
 
 # The wheels are bind-mounted from the build stage (BuildKit), so they are not left behind in a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels spillover "psycopg[binary]>=3.1"
+    pip install --no-index --find-links /wheels "spillover[postgres]"
 
 USER 10001:10001
 WORKDIR /tmp
