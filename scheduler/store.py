@@ -64,6 +64,13 @@ class Store:
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+        if url.startswith("postgresql"):
+            # A client cut off mid-transaction would keep its row locks (and the event-order lock) until the
+            # server notices: keepalives at both ends and a bound on idle transactions end such a session.
+            kwargs["connect_args"] = {
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+                           "-c idle_in_transaction_session_timeout=60000"}
         if url in ("sqlite://", "sqlite:///:memory:"):
             # one process's private store (the simulator's): every session must see the same in-memory database
             kwargs["poolclass"] = StaticPool
@@ -93,7 +100,6 @@ class Store:
         if self._epoch is not None and _FENCE.one(conn, {"n": LEADERSHIP, "e": self._epoch}) != 1:
             current = conn.execute(select(LeadershipRow.epoch).where(LeadershipRow.name == LEADERSHIP)).scalar()
             raise Fenced(f"the loop's epoch {self._epoch} is over: a newer leader holds epoch {current}")
-
 
     def close(self) -> None:
         if self._conn is not None:
