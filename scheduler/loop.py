@@ -162,7 +162,10 @@ class ControlLoop:
                 n += 1
                 self.clock.sleep(max(0.0, self.config.loop.interval_s - (self.clock.now() - started)))
         finally:
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                self.metrics.detach()  # a process that stops leading shows no stale queue or pool figures
 
     def flush(self) -> None:
         """Charge all node time observed so far and write it (at shutdown; at the end of a replay)."""

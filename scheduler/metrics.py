@@ -82,6 +82,9 @@ class NullMetrics:
     def spent(self, entries: Iterable[LedgerEntry]) -> None:
         pass
 
+    def detach(self) -> None:
+        pass
+
 
 NULL_METRICS = NullMetrics()
 
@@ -175,8 +178,8 @@ class LoopMetrics(NullMetrics):
         self.ledger.reset(keys, ledger_spend(loop.store))
 
     def cycle(self, loop: ControlLoop, report: CycleReport) -> None:
-        # a steady cycle takes a tenth of a millisecond: gauges are set only when their value changed, their
-        # children looked up once, and a cluster's nodes summed again only when its observation changed
+        # a steady cycle costs little: gauges are set only when their value changed, and a cloud cluster's nodes
+        # are summed again only when its observation changed
         state = loop.ctx.state
         now = loop.clock.now()
         self.cycle_s.observe(max(0.0, now - report.at))
@@ -210,6 +213,15 @@ class LoopMetrics(NullMetrics):
                 self.cloud_gpus.labels(cloud, name, p).set(g)
             for (p, r), k in nodes.items():
                 self.cloud_nodes.labels(cloud, name, p, r).set(k)
+
+    def detach(self) -> None:
+        """The loop stopped (this process no longer leads, or it is shutting down): its figures of the queue,
+        jobs, clusters and pools go, rather than stay frozen next to the new leader's. Counters and histograms stay:
+        they count what this process did."""
+        for gauge in (self.pending, self.jobs, self.cluster_up, self.cloud_gpus, self.cloud_nodes):
+            gauge.clear()
+        self._values.clear()
+        self._seen_nodes.clear()
 
     def _put(self, gauge: Gauge, label: str, value: float) -> None:
         key = (gauge, label)

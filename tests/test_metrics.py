@@ -364,3 +364,21 @@ def test_a_busy_metrics_port_is_one_clear_line(tmp_path):
                               "--metrics-port", str(port)], env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert re.fullmatch(rf"error: --metrics-port: cannot listen on 127\.0\.0\.1:{port}: .+\n", res.stderr), res.stderr
+
+
+def test_a_loop_that_stops_leading_drops_its_queue_figures_and_a_new_lead_brings_them_back(served_loop, clock,
+                                                                                          sqlite_url):
+    config, store, providers, loop, port = served_loop
+    store.submit([spec(f"j{i}") for i in range(5)], now=clock.now())  # 40 GPUs: some wait
+    loop.run(max_cycles=2)  # as when the lead is lost: the loop returns
+
+    after = scrape(port)
+    assert not [k for k in after if k[0] in ("spillover_pending_jobs", "spillover_cloud_gpus", "spillover_jobs")]
+    assert after[("spillover_cycle_duration_seconds_count", ())] == 2  # what this process did stays counted
+
+    again = ControlLoop(config, Store(sqlite_url), providers, clock, metrics=loop.metrics)  # it leads again
+    again.run_cycle()
+    back = scrape(port)
+    waiting = sum(1 for j in store.jobs(states=[JobState.PENDING]))
+    assert back[("spillover_pending_jobs", (("queue", "research"),))] == waiting
+    assert back[("spillover_pending_jobs", (("queue", "prod"),))] == 0
