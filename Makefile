@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle clean
+.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle bench-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-replay: $(STAMP)
 # Cycle time against the number of finished jobs in the store
 bench-cycle: $(STAMP)
 	$(BIN)/python -m spillover.simulations.bench_cycle
+
+# Submit throughput of the HTTP API under uvicorn, batched and one job per request, on SQLite and PostgreSQL
+bench-api: $(STAMP) services
+	$(BIN)/python -m spillover.simulations.bench_api
 
 bench-observe: $(STAMP)
 	$(BIN)/python -m spillover.simulations.bench_observe --nodes 1000 --pods 5000

@@ -164,17 +164,81 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 _bearer = HTTPBearer(auto_error=False, description="a token from `spillover token create`")
 
 
+class _Pending:
+    def __init__(self, specs: list) -> None:
+        self.specs, self.done, self.jobs, self.error = specs, False, None, None
+
+
+class GroupCommit:
+    """Submits that arrive while another is being written go together into the next transaction. Writers take
+    turns on the store anyway (SQLite's lock, PostgreSQL's event-order lock), and on PostgreSQL each commit waits
+    for its flush to disk: one commit for many concurrent requests is what lets single submits scale. Each
+    request's jobs were checked before; should a shared transaction fail, each request is written alone, so one
+    request's failure is never another's."""
+
+    def __init__(self, write: Callable[[list], list]) -> None:
+        self.write = write
+        self.cond = threading.Condition()
+        self.queue: list[_Pending] = []
+        self.busy = False
+
+    def submit(self, specs: list) -> list:
+        item = _Pending(specs)
+        with self.cond:
+            self.queue.append(item)
+            while self.busy and not item.done:
+                self.cond.wait()
+            if not item.done:
+                self.busy = True
+                batch, self.queue = self.queue, []
+        if not item.done:
+            try:
+                self._write(batch)
+            finally:
+                with self.cond:
+                    self.busy = False
+                    for it in batch:
+                        it.done = True
+                    self.cond.notify_all()
+        if item.error is not None:
+            raise item.error
+        return item.jobs
+
+    def _write(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            try:
+                jobs = self.write([s for it in batch for s in it.specs])
+            except Exception:
+                jobs = None  # written one by one below
+            if jobs is not None:
+                at = 0
+                for it in batch:
+                    it.jobs, at = jobs[at:at + len(it.specs)], at + len(it.specs)
+                return
+        for it in batch:
+            try:
+                it.jobs = self.write(it.specs)
+            except Exception as exc:  # noqa: BLE001 (handed to the request it belongs to)
+                it.error = exc
+
+
 class Api:
-    """The routes' shared state: config, store, and the lock that serializes the store's writes (the store keeps
-    one connection for them; SQLite and PostgreSQL's event-order lock serialize writers anyway)."""
+    """The routes' shared state: config, store, submits grouped into shared transactions, and a lock for the
+    store's other writes (the store keeps one connection for some of them)."""
 
     def __init__(self, config: SpilloverConfig, store: Store) -> None:
         self.config, self.store = config, store
         self.teams = teams_of(config)
         self.write_lock = threading.Lock()
         self.clock = RealClock()
+        self.submits = GroupCommit(self._store_jobs)
 
-    def principal(self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    def _store_jobs(self, specs: list) -> list:
+        with self.write_lock:
+            return submit_specs(self.store, self.config, specs, now=self.clock.now())
+
+    async def principal(self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+        # one indexed lookup, done on the event loop: cheaper than a hop to a worker thread and back
         p = authenticate(self.store, creds.credentials if creds is not None else None)
         if p is None:
             # the same answer for a missing, malformed, unknown or revoked token
@@ -233,8 +297,7 @@ def build_router(api: Api) -> APIRouter:
                     where = f"body[{i}].spec.queue" if many else "spec.queue"
                     raise ApiProblem(403, f"{where}: queue {spec.queue!r} belongs to team {team!r}; this token "
                                           f"submits for team {who.team!r}")
-        with api.write_lock:
-            jobs = submit_specs(api.store, api.config, specs, now=api.clock.now())
+        jobs = api.submits.submit(specs)
         log.info("token %s submitted %d job(s): %s", who.token_id, len(jobs), ", ".join(j.id for j in jobs[:5])
                  + (" ..." if len(jobs) > 5 else ""))
         return _json(SubmitResult.model_construct(jobs=[JobOut.of(j) for j in jobs]), 201)
