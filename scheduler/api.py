@@ -237,8 +237,8 @@ class Api:
         with self.write_lock:
             return submit_specs(self.store, self.config, specs, now=self.clock.now())
 
-    async def principal(self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-        # one indexed lookup, done on the event loop: cheaper than a hop to a worker thread and back
+    def principal(self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+        # in a worker thread, like the routes: a slow store must not stall the event loop (and /healthz with it)
         p = authenticate(self.store, creds.credentials if creds is not None else None)
         if p is None:
             # the same answer for a missing, malformed, unknown or revoked token

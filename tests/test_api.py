@@ -149,6 +149,27 @@ def test_an_oversized_body_is_413_by_its_length_or_while_chunked_and_nothing_is_
         served.stop()
 
 
+def test_concurrent_submits_each_get_their_own_jobs(api):
+    url, _, store, tok = api
+    answers: dict[int, list[str]] = {}
+
+    def send(i: int) -> None:
+        with httpx.Client(headers=bearer(tok)) as http:
+            for k in range(5):
+                r = http.post(f"{url}/api/v1/jobs", json=[training_job(f"c{i}-{k}-{n}") for n in range(1 + i % 3)])
+                assert r.status_code == 201, r.text
+                answers.setdefault(i, []).extend(j["name"] for j in r.json()["jobs"])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):  # what each request got back is what it sent, though requests share transactions
+        assert answers[i] == [f"c{i}-{k}-{n}" for k in range(5) for n in range(1 + i % 3)]
+    assert sorted(j.name for j in store.jobs()) == sorted(n for names in answers.values() for n in names)
+
+
 # ---- list, get, cancel ------------------------------------------------------------------------------
 
 
