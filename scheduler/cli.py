@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -489,12 +490,18 @@ def run(config: ConfigOpt = None,
         safe_url = store.engine.url.render_as_string(hide_password=True)
         out.print(f"spillover: {len(cfg.clusters)} clusters, cycle every {cfg.loop.interval_s:g}s, store {safe_url}",
                   markup=False, highlight=False, soft_wrap=True)
+        # Kubernetes stops a pod with SIGTERM: stop as on Ctrl-C, so the ledger is written up and the lock let go
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             leader = leadership_for(store, poll_s=lock_poll_s)
             run_as_leader(metrics.watch_leader(leader) if metrics else leader, start,
                           max_cycles=1 if once else cycles, wait=not once)
         except KeyboardInterrupt:
             out.print("stopped")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve_metrics(host: str, port: int):

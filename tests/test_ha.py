@@ -301,3 +301,23 @@ def test_a_second_run_on_the_same_sqlite_store_follows_and_does_not_act(tmp_path
             if r is not None:
                 r.stop()
     _assert_each_job_ran_once(store, tmp_path, n_jobs)
+
+
+def test_sigterm_stops_the_leader_cleanly_and_a_follower_takes_over_at_once(tmp_path):
+    """Kubernetes stops a pod with SIGTERM: the loop stops as on Ctrl-C (exit 0, lock let go), not killed."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = _config(tmp_path, url, onprem_nodes=2, cloud_nodes=1)
+    store = Store(url)
+    first, second = Replica(cfg, tmp_path, 0), None
+    try:
+        _wait(lambda: (lead := _leader(store)) and lead[1].endswith(f":{first.pid}"), 30)
+        second = Replica(cfg, tmp_path, 1)
+        _wait(second.following, 30)
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(timeout=20) == 0, first.text()
+        assert "Traceback" not in first.text()
+        _wait(lambda: (lead := _leader(store)) and lead[0] == 2 and lead[1].endswith(f":{second.pid}"), 10)
+    finally:
+        for r in (first, second):
+            if r is not None:
+                r.stop()
