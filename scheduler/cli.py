@@ -24,8 +24,8 @@ from rich.table import Table
 
 from spillover.scheduler.clock import RealClock
 from spillover.scheduler.config import BUNDLED_DATA, EXAMPLE_CONFIG, CloudCluster, SpilloverConfig, load_config
-from spillover.scheduler.errors import UnknownQueueError, UserError, JobSpecError
-from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.errors import UserError
+from spillover.scheduler.model import JobState
 
 
 app = typer.Typer(help="Spillover: one global queue for GPU training jobs across on-prem and cloud clusters.",

@@ -54,6 +54,18 @@ NON_TERMINAL = tuple(st.value for st in JobState if not st.terminal)
 LEADERSHIP = "loop"  # the leadership row whose epoch fences the loop's writes
 
 
+def _filtered(q: Any, states: Iterable[JobState] | None, queue: str | None, team: str | None = None) -> Any:
+    """A jobs query narrowed to these states, queue and team (None: any)."""
+    t = JobRow.__table__
+    if states is not None:
+        q = q.where(t.c.state.in_([st.value for st in states]))
+    if queue is not None:
+        q = q.where(t.c.queue == queue)
+    if team is not None:
+        q = q.where(t.c.team == team)
+    return q
+
+
 class Fenced(Exception):
     """A loop's write was refused: a newer leader holds the fencing epoch, so this one must stop acting."""
 
@@ -152,12 +164,7 @@ class Store:
              limit: int | None = None) -> list[Job]:
         t = JobRow.__table__
         # plain rows, not ORM objects: the loop reads the active jobs several times a cycle
-        q = select(*t.c)
-        if states is not None:
-            q = q.where(t.c.state.in_([st.value for st in states]))
-        if queue is not None:
-            q = q.where(t.c.queue == queue)
-        q = q.order_by(t.c.submitted_at, t.c.id)
+        q = _filtered(select(*t.c), states, queue).order_by(t.c.submitted_at, t.c.id)
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
@@ -168,13 +175,7 @@ class Store:
         """Newest first, at most `limit`, only those older than `before` (the (submitted_at, id) of the last one
         seen): a cursor, so jobs submitted meanwhile never shift a page."""
         t = JobRow.__table__
-        q = select(*t.c)
-        if states is not None:
-            q = q.where(t.c.state.in_([st.value for st in states]))
-        if queue is not None:
-            q = q.where(t.c.queue == queue)
-        if team is not None:
-            q = q.where(t.c.team == team)
+        q = _filtered(select(*t.c), states, queue, team)
         if before is not None:
             q = q.where(or_(t.c.submitted_at < before[0], and_(t.c.submitted_at == before[0], t.c.id < before[1])))
         q = q.order_by(t.c.submitted_at.desc(), t.c.id.desc()).limit(limit)

@@ -13,6 +13,8 @@ import httpx
 import uvicorn
 import yaml
 
+from config_helpers import fast_loop_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SPILLOVER = [sys.executable, "-m", "spillover.scheduler.cli"]
 
@@ -87,22 +89,6 @@ def free_port() -> int:
 
 
 def loop_config(tmp: Path, store_url: str) -> Path:
-    """A config on simulated clusters whose loop cycles fast and whose jobs take seconds (as tests/test_crash.py)."""
-    cfg = {
-        "apiVersion": "spillover/v1alpha1", "kind": "SpilloverConfig",
-        "store": {"url": store_url},
-        "loop": {"interval_s": 0.2, "solver_time_limit_s": 1},
-        "queues": [{"name": "research", "team": "ml"}, {"name": "prod", "team": "platform"}],
-        "clusters": [
-            {"name": "onprem", "kind": "onprem", "provider": "simulated", "gpu_hour_cost": 1.0,
-             "node_groups": [{"count": 1, "gpus_per_node": 8, "gpu_type": "A100", "cpu_per_node": 96,
-                              "memory_gib_per_node": 1024}]},
-            {"name": "aws", "kind": "cloud", "provider": "simulated", "cloud": "aws", "region": "us-east-1",
-             "pools": [{"name": "p4d", "instance_type": "p4d.24xlarge", "min_nodes": 0, "max_nodes": 2,
-                        "provisioning_delay_s": 0.5}]},
-        ],
-        "policy": {"value_of_time_per_gpu_hour": 500.0, "scale_down_idle_s": 1, "max_cloud_gpus": 16},
-    }
-    path = tmp / "spillover.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    """A config on simulated clusters whose loop cycles fast and whose jobs take seconds."""
+    return fast_loop_config(tmp, store_url=store_url, onprem={"gpu_hour_cost": 1.0},
+                            queues=[{"name": "research", "team": "ml"}, {"name": "prod", "team": "platform"}])

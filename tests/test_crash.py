@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from config_helpers import fast_loop_config
 from spillover.scheduler.model import JobState
 from spillover.scheduler.store import Store
 
@@ -23,25 +24,7 @@ N_JOBS = 12
 
 
 def _config(tmp: Path) -> Path:
-    cfg = {
-        "apiVersion": "spillover/v1alpha1", "kind": "SpilloverConfig",
-        "store": {"url": f"sqlite:///{tmp / 'store.db'}"},
-        "loop": {"interval_s": 0.2, "solver_time_limit_s": 1},
-        "queues": [{"name": "research"}],
-        "clusters": [
-            {"name": "onprem", "kind": "onprem", "provider": "simulated",
-             "node_groups": [{"count": 1, "gpus_per_node": 8, "gpu_type": "A100", "cpu_per_node": 96,
-                              "memory_gib_per_node": 1024}]},
-            {"name": "aws", "kind": "cloud", "provider": "simulated", "cloud": "aws", "region": "us-east-1",
-             "pools": [{"name": "p4d", "instance_type": "p4d.24xlarge", "min_nodes": 0, "max_nodes": 2,
-                        "provisioning_delay_s": 0.5}]},
-        ],
-        # waiting is worth a lot here, so most of the queue bursts and both clusters are exercised
-        "policy": {"value_of_time_per_gpu_hour": 500.0, "scale_down_idle_s": 1, "max_cloud_gpus": 16},
-    }
-    path = tmp / "spillover.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return fast_loop_config(tmp)
 
 
 def _jobs_file(tmp: Path) -> Path:

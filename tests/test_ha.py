@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import yaml
 
-from spillover.scheduler.leader import Fenced, PostgresLeader, leadership_for
+from spillover.scheduler.leader import Fenced, PostgresLeader
 from spillover.scheduler.model import JobState
 from spillover.scheduler.records import Batch, NewEvent
 from spillover.scheduler.store import Store

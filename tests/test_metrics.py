@@ -24,6 +24,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import serve
+from config_helpers import fast_loop_config
 from conftest import make_config
 from spillover.providers.contract import ErrorKind, ProviderError
 from spillover.scheduler.config import load_config
@@ -55,25 +56,9 @@ def _env() -> dict[str, str]:
 
 
 def _config(tmp: Path) -> Path:
-    cfg = {
-        "apiVersion": "spillover/v1alpha1", "kind": "SpilloverConfig",
-        "store": {"url": f"sqlite:///{tmp / 'store.db'}"},
-        "loop": {"interval_s": 0.2, "solver_time_limit_s": 1},
-        # research pays for the cloud rather than wait; batch waiting is worth nothing, so it waits for on-prem
-        "queues": [{"name": "research", "team": "vision"}, {"name": "batch", "value_of_time_per_gpu_hour": 0}],
-        "clusters": [
-            {"name": "onprem", "kind": "onprem", "provider": "simulated",
-             "node_groups": [{"count": 1, "gpus_per_node": 8, "gpu_type": "A100", "cpu_per_node": 96,
-                              "memory_gib_per_node": 1024}]},
-            {"name": "aws", "kind": "cloud", "provider": "simulated", "cloud": "aws", "region": "us-east-1",
-             "pools": [{"name": "p4d", "instance_type": "p4d.24xlarge", "min_nodes": 0, "max_nodes": 2,
-                        "provisioning_delay_s": 0.5}]},
-        ],
-        "policy": {"value_of_time_per_gpu_hour": 500.0, "scale_down_idle_s": 1, "max_cloud_gpus": 16},
-    }
-    path = tmp / "spillover.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    # research pays for the cloud rather than wait; batch waiting is worth nothing, so it waits for on-prem
+    return fast_loop_config(tmp, queues=[{"name": "research", "team": "vision"},
+                                         {"name": "batch", "value_of_time_per_gpu_hour": 0}])
 
 
 def _jobs_file(tmp: Path, queue: str) -> Path:
