@@ -38,6 +38,8 @@ from .objects import (
     strip_server_fields,
 )
 from .store import APP_RESOURCES, RESOURCES, Expired, Store, clone, now_rfc3339
+from .patches import _json_patch, _merge_patch
+from .status import ApiError, _bad_request, _details, _invalid, _qualified, not_found
 from .strategic import PatchError, strategic_merge
 
 __all__ = ["FakeKube", "ApiError"]
@@ -68,124 +70,6 @@ _SERVER_TOKEN = object()
 _LABEL_NAMED = {"namespaces", "jobs", "services"}
 _CHECKS = {"jobs": check_job, "deployments": check_deployment, "services": check_service,
            "customresourcedefinitions": check_crd}
-
-
-class ApiError(Exception):
-    """A failure the server answers with a Status body and the matching HTTP code."""
-
-    def __init__(self, code: int, reason: str, message: str, details: dict | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details
-        self.headers = headers or {}
-
-    def status(self) -> dict:
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message,
-                "reason": self.reason, "code": self.code}
-        if self.details:
-            body["details"] = self.details
-        return body
-
-
-# The helpers below take the resource's entry of the server's table (`Store.resources`), which custom
-# resources join when their CRD is created; the built-in table is the default.
-
-def _qualified(resource: str, info: dict | None = None) -> str:
-    group = (info or RESOURCES[resource])["group"]
-    return f"{resource}.{group}" if group else resource
-
-
-def _details(resource: str, name: str | None, info: dict | None = None) -> dict:
-    details = {"kind": resource}
-    if name:
-        details["name"] = name
-    group = (info or RESOURCES[resource])["group"]
-    if group:
-        details["group"] = group
-    return details
-
-
-def not_found(resource: str, name: str, info: dict | None = None) -> ApiError:
-    return ApiError(404, "NotFound", f'{_qualified(resource, info)} "{name}" not found',
-                    _details(resource, name, info))
-
-
-def _invalid(resource: str, name: str, problems: list[tuple[str, str]], info: dict | None = None) -> ApiError:
-    kind = (info or RESOURCES[resource])["kind"]
-    group = (info or RESOURCES[resource])["group"]
-    what = f"{kind}.{group}" if group else kind
-    causes = []
-    for field, message in problems:
-        cause = ("FieldValueRequired" if message.startswith("Required") else
-                 "FieldValueNotSupported" if message.startswith("Unsupported") else "FieldValueInvalid")
-        causes.append({"reason": cause, "message": message, "field": field})
-    listed = [f"{f}: {m}" for f, m in problems]
-    text = listed[0] if len(listed) == 1 else "[" + ", ".join(listed) + "]"
-    details = {"name": name or "", "kind": kind, "causes": causes}
-    if group:
-        details["group"] = group
-    return ApiError(422, "Invalid", f'{what} "{name}" is invalid: {text}', details)
-
-
-def _bad_request(message: str) -> ApiError:
-    return ApiError(400, "BadRequest", message)
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 merge patch (strategic merge is treated the same: lists are replaced, not merged by key)."""
-    if not isinstance(patch, dict):
-        return clone(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
-def _json_patch(doc: Any, ops: list) -> Any:
-    doc = clone(doc)
-    for op in ops:
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise _bad_request("json patch: every operation needs 'op' and 'path'")
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        if not parts:
-            raise _bad_request("json patch: the root cannot be patched")
-        parent = doc
-        try:
-            for p in parts[:-1]:
-                parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(422, "Invalid", f"json patch: path {op['path']} does not exist") from None
-        last, kind = parts[-1], op["op"]
-        try:
-            if kind == "test":
-                have = parent[int(last)] if isinstance(parent, list) else parent[last]
-                if have != op.get("value"):
-                    raise ApiError(422, "Invalid", f"json patch: test failed at {op['path']}")
-            elif kind in ("add", "replace"):
-                if isinstance(parent, list):
-                    if last == "-":
-                        parent.append(op.get("value"))
-                    elif kind == "add":
-                        parent.insert(int(last), op.get("value"))
-                    else:
-                        parent[int(last)] = op.get("value")
-                else:
-                    if kind == "replace" and last not in parent:
-                        raise KeyError(last)
-                    parent[last] = op.get("value")
-            elif kind == "remove":
-                if isinstance(parent, list):
-                    del parent[int(last)]
-                else:
-                    del parent[last]
-            else:
-                raise ApiError(422, "Invalid", f"json patch: unsupported operation {kind!r}")
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(422, "Invalid", f"json patch: path {op['path']} does not exist") from None
-    return doc
 
 
 # ---------------------------------------------------------------------------------------------------- HTTP
@@ -933,9 +817,9 @@ class FakeKube(Peer):
                     raise _bad_request("the patch must be a JSON object")
                 new = _merge_patch(old, patch)
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                               f"accepted media types include: application/json-patch+json, "
-                               f"application/merge-patch+json, application/strategic-merge-patch+json")
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                               "accepted media types include: application/json-patch+json, "
+                               "application/merge-patch+json, application/strategic-merge-patch+json")
             for field in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation"):
                 if field in old["metadata"]:
                     new.setdefault("metadata", {})[field] = old["metadata"][field]
