@@ -335,7 +335,7 @@ def _explain(settled: Settled) -> Plan:
             blocked = None
             if alt is None:
                 shape = (job.gpus, job.cpu, job.memory_gib, job.nodes, job.gpu_types, job.allowed_targets,
-                         job.checkpointable)
+                         job.checkpointable, job.team, job.budgets)
                 blocked = why_blocked.get(shape)
                 if blocked is None:
                     blocked = why_blocked[shape] = ledger.blocked(i)

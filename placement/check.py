@@ -108,6 +108,7 @@ def check_plan(problem: PlacementProblem, plan: Plan) -> list[str]:
         total = policy.cloud_gpus_in_use + cloud_new_gpus
         if total > policy.max_cloud_gpus:
             out.append(f"cloud GPUs {total} exceed the cap of {policy.max_cloud_gpus}")
+    out += _limit_violations(problem, plan)
     if out:
         return out
 
@@ -150,4 +151,57 @@ def check_plan(problem: PlacementProblem, plan: Plan) -> list[str]:
     total += sum(n * new_node_cost(targets[tid], policy) for tid, n in plan.new_nodes.items())
     if not _close(plan.objective, total):
         out.append(f"objective {plan.objective:.2f} differs from the plan's consistent cost {total:.2f}")
+    return out
+
+
+def _limit_violations(problem: PlacementProblem, plan: Plan) -> list[str]:
+    """Quotas a plan takes more of than its team may hold or borrow, and budgets its bursts overspend. Only what
+    the plan adds counts: capacity held before it (and handed back by preemption) is not the plan's doing."""
+    policy = problem.policy
+    if not (policy.quotas or policy.budgets):
+        return []
+    targets = {t.id: t for t in problem.targets}
+    quota = {(q.team, q.gpu_type): q for q in policy.quotas}
+    limited = {q.team for q in policy.quotas}
+    used = {k: q.used for k, q in quota.items()}
+    added: set[tuple[str, str]] = set()
+    spent = {b.id: 0.0 for b in policy.budgets}
+    out = []
+    for job, d in zip(problem.jobs, plan.decisions):
+        t = targets.get(d.target or "")
+        if d.action is Action.WAIT or t is None:
+            continue
+        if t.kind == "onprem" and job.team in limited:
+            key = (job.team, t.gpu_type)
+            if key not in quota:
+                out.append(f"job {job.id} runs on {t.gpu_type} GPUs, of which team {job.team} has no quota")
+                continue
+            used[key] += job.total_gpus
+            added.add(key)
+        elif t.kind == "cloud":
+            for b in policy.budgets:
+                if b.id in job.budgets and (b.cloud is None or b.cloud == t.cloud):
+                    spent[b.id] += run_cost(job, t)
+    for team, gpu_type in sorted(added):
+        q = quota[(team, gpu_type)]
+        u = used[(team, gpu_type)]
+        if u <= q.nominal:
+            continue
+        if q.cohort is None:
+            out.append(f"team {team} holds {u} {gpu_type} GPUs, over its quota of {q.nominal} with no cohort")
+        elif q.borrowing_limit is not None and u > q.nominal + q.borrowing_limit:
+            out.append(f"team {team} holds {u} {gpu_type} GPUs, over its quota {q.nominal} + borrowing limit "
+                       f"{q.borrowing_limit}")
+        else:
+            members = [m for m in quota.values() if m.cohort == q.cohort and m.gpu_type == gpu_type]
+            borrowed = sum(max(0, used[(m.team, gpu_type)] - m.nominal) for m in members)
+            # a team taking up its own quota in the same plan is admitted whatever its cohort borrows (borrowers
+            # are preempted later): idle quota is counted as it was before the plan
+            lendable = sum(min(m.lending_limit if m.lending_limit is not None else 10**9,
+                               max(0, m.nominal - min(m.used, used[(m.team, gpu_type)]))) for m in members)
+            if borrowed > lendable:
+                out.append(f"cohort {q.cohort} borrows {borrowed} {gpu_type} GPUs, {lendable} are idle to lend")
+    for b in policy.budgets:
+        if spent[b.id] > b.room + 1e-6:
+            out.append(f"bursts cost ${spent[b.id]:,.2f} against budget {b.id}, which has ${b.room:,.2f} left")
     return out

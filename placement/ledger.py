@@ -7,11 +7,12 @@ names; new cloud nodes are named "<target id>/new-<i>" and exist only while some
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from spillover.placement.costs import delay_cost, new_node_cost, run_cost
 from spillover.placement.feasibility import feasible
+from spillover.placement.limits import Limits
 from spillover.placement.memo import kept
 from spillover.placement.types import JobDemand, PlacementProblem, Target
 
@@ -61,7 +62,7 @@ class Option:
 class Blocked:
     """Why a job has no run-now option at all."""
 
-    kind: str  # "nothing-fits" | "cap" | "pool-limit" | "full"
+    kind: str  # "nothing-fits" | "cap" | "pool-limit" | "full" | "budget" | "quota"
     detail: str  # target names or numbers for the reason
 
 
@@ -123,6 +124,8 @@ class Ledger:
         self.new_live = [0] * n_targets
         self.new_gpus = 0
         self.binding: dict[int, tuple[int, tuple[str, ...]]] = {}
+        # team quotas and budgets taken so far, when the problem has any
+        self.limits = Limits(problem) if self.policy.quotas or self.policy.budgets else None
         # What depends on the problem alone is shared by every ledger of it (see `_Static`).
         self._feasible = st.feasible
         self._top = [0] * n_targets  # most GPUs left on any node of the target (a bound)
@@ -276,6 +279,8 @@ class Ledger:
                 fresh += 1
             elif not s.fits(job):
                 return False
+        if self.limits is not None and self.limits.limits(job) and self.limits.blocks(job, t) is not None:
+            return False
         return self.can_open(ti, fresh)
 
     def place(self, i: int, ti: int, names: Sequence[str]) -> None:
@@ -292,6 +297,8 @@ class Ledger:
             self._bind_slot(s, job)
             bound.append(s.name)
         self.binding[i] = (ti, tuple(bound))
+        if self.limits is not None:
+            self.limits.charge(job, self.targets[ti], 1)
 
     def _full(self, ti: int) -> tuple[int, float, float]:
         t = self.targets[ti]
@@ -308,12 +315,16 @@ class Ledger:
             self._bind_slot(s, job)
             names.append(s.name)
         self.binding[i] = (opt.target, tuple(names))
+        if self.limits is not None:
+            self.limits.charge(job, self.targets[opt.target], 1)
 
     def remove(self, i: int) -> None:
         ti, names = self.binding.pop(i)
         job = self.jobs[i]
         for name in names:
             self._unbind_slot(self.slots[(ti, name)], job)
+        if self.limits is not None:
+            self.limits.charge(job, self.targets[ti], -1)
 
     def start_h(self, ti: int, names: Sequence[str]) -> float:
         return max((self.slots[(ti, n)].ready for n in names), default=0.0)
@@ -323,6 +334,12 @@ class Ledger:
     def best_option(self, i: int) -> Option | None:
         """The cheapest way to run job `i` now, given what is bound; None when there is none."""
         job = self.jobs[i]
+        lim = self.limits
+        if lim is not None and lim.limits(job):
+            held = {ti for ti in self.feasible_targets(i) if lim.blocks(job, self.targets[ti]) is not None}
+            if held:
+                # what the quota or budget leaves: not the same for every job of the shape, so nothing is kept
+                return self._best_generic(i, held)
         shape = (job.gpus, job.cpu, job.memory_gib, job.nodes, job.gpu_types, job.allowed_targets,
                  job.checkpointable)
         if self._none.get(shape) == self._freed:
@@ -332,12 +349,22 @@ class Ledger:
             if best is None:
                 self._none[shape] = self._freed
             return best
+        best = self._best_generic(i, ())
+        if best is None:
+            self._none[shape] = self._freed
+        return best
+
+    def _best_generic(self, i: int, held: Collection[int]) -> Option | None:
+        """`best_option` on every feasible target but those `held` back, one target after the other."""
+        job = self.jobs[i]
         best = None
         best_key: tuple[float, int, int] | None = None
         single = job.nodes == 1
         room = self.cap_room() + EPS  # nothing binds while options are sought
         top, live, max_new, gpn, floor = self._top, self.new_live, self._max_new, self._gpn, self._ready_floor
         for ti in self._by_run_cost(i):
+            if ti in held:
+                continue
             has_room = top[ti] >= job.gpus if single else bool(self._whole_free[ti])
             if not has_room and not (live[ti] < max_new[ti] and gpn[ti] <= room):
                 continue
@@ -355,8 +382,6 @@ class Ledger:
             key = (opt.cost, 0 if self.targets[ti].kind == "onprem" else 1, ti)
             if best_key is None or key < best_key:
                 best, best_key = opt, key
-        if best is None:
-            self._none[shape] = self._freed
         return best
 
     def _best_single(self, job: JobDemand, i: int, shape: tuple) -> Option | None:
@@ -430,7 +455,10 @@ class Ledger:
         return order
 
     def option_on(self, i: int, ti: int) -> Option | None:
-        return self._option(i, ti, run_cost(self.jobs[i], self.targets[ti]))
+        job, t = self.jobs[i], self.targets[ti]
+        if self.limits is not None and self.limits.limits(job) and self.limits.blocks(job, t) is not None:
+            return None
+        return self._option(i, ti, run_cost(job, t))
 
     def _option(self, i: int, ti: int, run: float) -> Option | None:
         job = self.jobs[i]
@@ -504,6 +532,18 @@ class Ledger:
         ts = self.feasible_targets(i)
         if not ts:
             return Blocked("nothing-fits", "")
+        lim = self.limits
+        if lim is not None and lim.limits(job):
+            held = {ti: k for ti in ts if (k := lim.blocks(job, self.targets[ti])) is not None}
+            clouds = [ti for ti in ts if self.targets[ti].kind == "cloud"]
+            onprem = [ti for ti in ts if self.targets[ti].kind == "onprem"]
+            quota = [ti for ti in onprem if held.get(ti) == "quota"]
+            words = [lim.detail(job, "quota", self.targets[quota[0]])] if quota else []
+            if clouds and all(held.get(ti) == "budget" for ti in clouds):
+                cheapest = min(clouds, key=lambda ti: run_cost(job, self.targets[ti]))
+                return Blocked("budget", "; ".join([lim.detail(job, "budget", self.targets[cheapest]), *words]))
+            if quota and not clouds:
+                return Blocked("quota", words[0])
         capped: list[str] = []
         limited: list[str] = []
         for ti in ts:

@@ -84,6 +84,10 @@ def waiting(
     later = f"; expected start on {onprem_name} in {hours(fc.start_h)}" if fc.target is not None else ""
     if blocked.kind == "cap":
         return f"waiting: cloud GPU cap of {policy.max_cloud_gpus} reached{later}"
+    if blocked.kind == "budget":
+        return f"waiting on-prem: budget exhausted ({blocked.detail}){later}"
+    if blocked.kind == "quota":
+        return f"waiting: over quota ({blocked.detail}){later}"
     if blocked.kind == "pool-limit":
         return f"waiting: no new nodes left in {blocked.detail}{later}"
     types = ", ".join(sorted(job.gpu_types)) if job.gpu_types else "any"

@@ -38,7 +38,9 @@ def solve(problem: PlacementProblem) -> Plan:
     # A short queue often needs no search: greedy's plan may be provably optimal. A huge one hardly ever.
     if problem.jobs and len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS:
         proof = proven_optimal(problem, greedy.objective)
-        if proof is not None or (SOLE_OPTIMUM and sole_optimum(problem, greedy)):
+        # the enumeration knows nothing of quotas and budgets; the bound, a relaxation of them, still holds
+        sole = SOLE_OPTIMUM and not (policy.quotas or policy.budgets)
+        if proof is not None or (sole and sole_optimum(problem, greedy)):
             # Every plan costs at least the objective (the bound meets it, or every other plan costs more): no
             # bound can be tighter. A plan that is the only optimum is also what the search would return.
             plan = greedy.tagged("optimal").plan
@@ -49,6 +51,9 @@ def solve(problem: PlacementProblem) -> Plan:
         settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
     else:
         settled, _ = cpsat_settled(problem, greedy)
+    if (policy.quotas or policy.budgets) and settled.status == "optimal":
+        # CP-SAT's model leaves quotas and budgets to the ledger that binds its answer: optimal for the model only
+        settled = settled.tagged("feasible")
     obj = settled.objective
     bound = None
     if policy.compute_bound:

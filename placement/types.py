@@ -31,6 +31,8 @@ class JobDemand:
     checkpointable: bool = False
     waited_h: float = 0.0  # time already spent pending; older jobs go first among equals
     allowed_targets: frozenset[str] | None = None  # None means every target the policy allows
+    team: str | None = None  # whose on-prem quota it uses (see `Quota`)
+    budgets: tuple[str, ...] = ()  # ids of the budgets its cloud cost counts against (see `Budget`)
 
     @property
     def total_gpus(self) -> int:
@@ -94,6 +96,35 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A team's on-prem GPUs of one type, as a Kueue ClusterQueue's quota of one flavor in a cohort.
+
+    The team may hold `nominal` GPUs of the type on on-prem targets; above that it borrows what teams of its cohort
+    leave idle of their nominal quota (each lends at most its `lending_limit`), up to its own `borrowing_limit`
+    (None: no limit). A team with no cohort never borrows. A team with quotas for some types has none (nominal 0)
+    for the others; a team with no `Quota` at all is not limited.
+    """
+
+    team: str
+    gpu_type: str
+    nominal: int
+    used: int = 0  # GPUs of this type its jobs hold on-prem now, before the plan
+    borrowing_limit: int | None = None
+    lending_limit: int | None = None
+    cohort: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Dollars that the cloud runs of the jobs counted against it may still commit (their run cost), on one cloud
+    or on all; `room` is what is left of the period's budget after the spend so far and what already runs."""
+
+    id: str
+    room: float
+    cloud: str | None = None  # None: every cloud
+
+
+@dataclass(frozen=True)
 class Policy:
     """Whole-queue limits and weights, and how long the search may go on.
 
@@ -125,6 +156,8 @@ class Policy:
     # `solve` attaches the LP bound (plan.lower_bound, plan.gap) to every plan; a caller that does not log the
     # gap each cycle, such as a replay that solves thousands of times, can skip its cost.
     compute_bound: bool = True
+    quotas: tuple[Quota, ...] = ()  # on-prem GPU quotas of teams (see `Quota`)
+    budgets: tuple[Budget, ...] = ()  # dollar limits on cloud runs (see `Budget`)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from spillover.scheduler.errors import (
 )
 from spillover.scheduler.jobspec import read_text, read_yaml_documents
 from spillover.scheduler.model import DNS_LABEL, Cloud, ClusterKind
+from spillover.scheduler.teams import Budget, FairShare, Preemption, TeamConfig, check_teams
 
 API_VERSION = "spillover/v1alpha1"
 KIND = "SpilloverConfig"
@@ -225,6 +226,7 @@ class QueueConfig(_Model):
         default=None, description="dollars one hour of a job's waiting is worth here, whatever its size; "
         "when set, used instead of the per-GPU-hour value"
     )
+    budget: Budget | None = Field(default=None, description="dollars per period for this queue, inside its team's")
 
     @model_validator(mode="before")
     @classmethod
@@ -580,6 +582,10 @@ class SpilloverConfig(_Model):
     queues: Annotated[list[QueueConfig], Field(min_length=1)]
     clusters: Annotated[list[Cluster], Field(min_length=1)]
     policy: BurstPolicy = Field(default_factory=BurstPolicy)
+    teams: list[TeamConfig] = Field(
+        default_factory=list, description="quotas, cohorts, fair-share weights and budgets of the teams queues name")
+    fair_share: FairShare = Field(default_factory=FairShare)
+    preemption: Preemption = Field(default_factory=Preemption)
 
     _prices: PriceCatalog | None = PrivateAttr(default=None)
 
@@ -590,8 +596,12 @@ class SpilloverConfig(_Model):
         if isinstance(data, Mapping):
             extra = _duplicates(data.get("queues"), "queue", "queues") + _duplicates(
                 data.get("clusters"), "cluster", "clusters"
-            )
-        return validate_with_extra_errors(handler, data, extra, cls.__name__)
+            ) + _duplicates(data.get("teams"), "team", "teams")
+        config = validate_with_extra_errors(handler, data, extra, cls.__name__)
+        team_errors = check_teams(config)
+        if team_errors:
+            raise ValidationError.from_exception_data(cls.__name__, team_errors)
+        return config
 
     @property
     def catalog(self) -> PriceCatalog:
@@ -603,6 +613,10 @@ class SpilloverConfig(_Model):
             if queue.name == name:
                 return queue
         raise UnknownQueueError(name, [q.name for q in self.queues])
+
+    def team(self, name: str) -> TeamConfig | None:
+        """The team's entry under teams:, or None for a team with no quota, weight or budget of its own."""
+        return next((t for t in self.teams if t.name == name), None)
 
     def cluster(self, name: str) -> OnPremCluster | CloudCluster:
         for cluster in self.clusters:

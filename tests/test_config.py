@@ -195,7 +195,7 @@ BAD = [
     ),
     pytest.param(
         lambda d: d.update(budget=100),
-        ["budget: unknown key; valid keys: apiVersion, kind, store, loop, api, prices, gpu_speeds, queues, clusters, policy"],
+        ["budget: unknown key; valid keys: apiVersion, kind, store, loop, api, prices, gpu_speeds, queues, clusters, policy, teams, fair_share, preemption"],
         id="unknown-top-level-key",
     ),
     pytest.param(
