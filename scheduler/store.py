@@ -455,6 +455,14 @@ class Store:
         with self._read() as s:
             return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
 
+    def ledger_groups(self, since: float, until: float) -> list[tuple[str, str, str, float]]:
+        """(team, queue, cloud, dollars) of the ledger's hour buckets in [since, until): what budgets count."""
+        cols = (LedgerRow.team, LedgerRow.queue, LedgerRow.cloud)
+        q = (select(*cols, func.sum(LedgerRow.usd)).where(LedgerRow.bucket >= since, LedgerRow.bucket < until)
+             .group_by(*cols))
+        with self._read() as s:
+            return [(t or "", qu or "", c or "", float(usd or 0)) for t, qu, c, usd in s.execute(q)]
+
 
 _JOB_COLUMNS = ("state", "cluster", "pool", "gpu_type", "reason", "attempts", "dispatched_at", "started_at",
                 "finished_at", "interruptions", "avoid", "updated_at")
