@@ -463,6 +463,14 @@ class Store:
         with self._read() as s:
             return [(t or "", qu or "", c or "", float(usd or 0)) for t, qu, c, usd in s.execute(q)]
 
+    def ledger_usage(self, since: float, until: float, cloud: str) -> list[tuple[str, float, float]]:
+        """(team, bucket, GPU-hours) on one cloud ("onprem" for on-prem) in [since, until): fair-share usage."""
+        q = (select(LedgerRow.team, LedgerRow.bucket, func.sum(LedgerRow.gpu_hours))
+             .where(LedgerRow.bucket >= since, LedgerRow.bucket < until, LedgerRow.cloud == cloud)
+             .group_by(LedgerRow.team, LedgerRow.bucket))
+        with self._read() as s:
+            return [(t or "", float(b), float(gh or 0)) for t, b, gh in s.execute(q)]
+
 
 _JOB_COLUMNS = ("state", "cluster", "pool", "gpu_type", "reason", "attempts", "dispatched_at", "started_at",
                 "finished_at", "interruptions", "avoid", "updated_at")
