@@ -8,18 +8,21 @@ from spillover.placement.greedy import solve_greedy
 from spillover.placement.solve import solve
 from spillover.placement.types import (
     Action,
+    Budget,
     Decision,
     JobDemand,
     Node,
     PlacementProblem,
     Plan,
     Policy,
+    Quota,
     Release,
     Target,
 )
 
 __all__ = [
     "Action",
+    "Budget",
     "Decision",
     "Forecast",
     "JobDemand",
@@ -27,6 +30,7 @@ __all__ = [
     "PlacementProblem",
     "Plan",
     "Policy",
+    "Quota",
     "Release",
     "Target",
     "check_plan",

@@ -285,6 +285,7 @@ def bind(m: Structure, r: RoundResult, wait: Sequence[int]) -> Ledger:
     problem = m.problem
     targets = problem.targets
     ledger = Ledger(problem)
+    fair = any(j.share is not None for j in problem.jobs)
     slots: dict[tuple[int, int], deque[list]] = {}  # (group, key) -> [node name, free slots] entries
     any_node: dict[int, list[str]] = {}
     new_seq: dict[int, int] = {}
@@ -311,8 +312,9 @@ def bind(m: Structure, r: RoundResult, wait: Sequence[int]) -> Ledger:
         by_class.setdefault(ci, []).append((g, n))
     for ci, runs in sorted(by_class.items()):
         c = m.classes[ci]
-        # Inside a class, the jobs whose wait is dearest are the ones that run.
-        members = sorted(c.members, key=lambda i: -wait[i])
+        # Inside a class, the jobs whose wait is dearest are the ones that run; between teams sharing by weight,
+        # the ones first in fair-share order (the class keeps queue order).
+        members = list(c.members) if fair else sorted(c.members, key=lambda i: -wait[i])
         pos = 0
         for g, n in sorted(runs):
             key = c.key_by_group[g]

@@ -33,6 +33,9 @@ class JobDemand:
     allowed_targets: frozenset[str] | None = None  # None means every target the policy allows
     team: str | None = None  # whose on-prem quota it uses (see `Quota`)
     budgets: tuple[str, ...] = ()  # ids of the budgets its cloud cost counts against (see `Budget`)
+    # fair share: its team's decayed GPU-hours per unit of weight; None when teams share nothing by weight
+    share: float | None = None
+    weight: float = 1.0  # its team's fair-share weight
 
     @property
     def total_gpus(self) -> int:

@@ -100,7 +100,7 @@ class Actor:
             key = f"dispatch:{job.id}:{job.attempts + 1}"
             intent = NewAction(key, "dispatch", ref.cluster, now, job_id=job.id, pool=ref.pool,
                                payload={"nodes": list(d.nodes), "target": d.target, "gpu_type": ref.gpu_type})
-            ctx.move(job, JobState.DISPATCHING, now=now, cluster=ref.cluster,
+            ctx.move(job, JobState.DISPATCHING, now=now, cluster=ref.cluster, gpu_type=ref.gpu_type,
                      kind="burst" if d.action == Decide.BURST else "placed", message=d.reason, pool=ref.pool,
                      attempts=job.attempts + 1, dispatched_at=now, reason=d.reason, intents=(intent,))
             self._wait_signature.pop(job.id, None)

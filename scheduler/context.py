@@ -62,6 +62,8 @@ class LoopContext:
         self.on_resize: Callable[[str, str, bool], None] = lambda _cluster, _pool, _grow: None
         self._said: set[tuple[str, str]] = set()  # warnings and orphans already reported, said once
         self.metrics: NullMetrics = NULL_METRICS  # the loop's Prometheus metrics, when served
+        # told of ledger entries once they are written (budgets count them)
+        self.on_ledger: Callable[[list], None] = lambda _entries: None
 
     # ---- job changes -----------------------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class LoopContext:
         failed = self.journal.commit()
         if ledger:
             self.metrics.spent(ledger)
+            self.on_ledger(ledger)
         self.report.commits += self.journal.commits - before
         if failed:
             self.dirty = True

@@ -36,6 +36,7 @@ from spillover.scheduler.problem import ProblemBuilder, Snapshot
 from spillover.scheduler.scaledown import ScaleDown
 from spillover.scheduler.store import Job, Store, new_jobs
 from spillover.scheduler.sync import PassiveSync
+from spillover.scheduler.team_state import TeamState
 
 __all__ = ["ACTIVE", "ControlLoop", "CycleReport", "RESOLVE_EVERY_S", "summarize_signals"]
 
@@ -63,6 +64,8 @@ class ControlLoop:
         self.actor = Actor(self.ctx, self.health)
         self.scaledown = ScaleDown(self.ctx)
         self.problems = ProblemBuilder(config)
+        self.teams = TeamState(config)
+        self.ctx.on_ledger = self.teams.ledger
         # Re-plan at least this often while jobs wait, even when nothing changed. The simulator may set it
         # to infinity when runtimes are exact, since then time alone changes no decision but a plan's revisit.
         self.resolve_every_s = RESOLVE_EVERY_S
@@ -123,8 +126,15 @@ class ControlLoop:
     def _decide_and_act(self, states: dict[str, ClusterState], pending: list[Job]) -> None:
         ctx, report = self.ctx, self.ctx.report
         now = self.clock.now()
-        snap = Snapshot(now=now, states=states, pending=pending, active=ctx.state.active(),
-                        cooling_pools=self.health.cooling_pools(now), avoid=self._avoid_now(now, pending))
+        active = ctx.state.active()
+        teams = None
+        if self.teams.enabled:
+            teams = self.teams.view(self.store, now, active, states, ctx.state.marks)
+            for kind, message in self.teams.announcements(teams.statuses):
+                log.warning("%s", message)
+                ctx.event(kind, message, now=now)
+        snap = Snapshot(now=now, states=states, pending=pending, active=active,
+                        cooling_pools=self.health.cooling_pools(now), avoid=self._avoid_now(now, pending), teams=teams)
         problem, refs = self.problems.build(snap)
         plan = self.solver(problem)  # 5. decide
         report.solved, report.problem, report.plan = True, problem, plan

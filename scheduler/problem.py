@@ -15,6 +15,7 @@ from spillover.providers.contract import ClusterState, JobPhase, NodeInfo
 from spillover.scheduler.config import CloudCluster, OnPremCluster, SpilloverConfig
 from spillover.scheduler.model import JobState
 from spillover.scheduler.store import Job
+from spillover.scheduler.team_state import TeamView
 
 # A job running past its estimate is expected to end soon, not at a time already past.
 OVERDUE_GRACE_H = 0.1
@@ -41,6 +42,7 @@ class Snapshot:
     active: list[Job]
     cooling_pools: set[str] = field(default_factory=set)  # pool ids ("cluster/pool") not to be used now
     avoid: dict[str, set[str]] = field(default_factory=dict)  # job id -> clusters it must not go to now
+    teams: TeamView | None = None  # quotas, budgets and fair share, when the config has any
 
 
 class ProblemBuilder:
@@ -141,6 +143,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot,
             if cache is not None and all(n.ready or n.ready_at is None for n in state.nodes):
                 cache[cluster.name] = (key, made)
 
+    teams = snap.teams
     jobs = tuple(
         JobDemand(
             id=j.id, gpus=j.spec.gpus, nodes=j.spec.nodes, cpu=j.spec.cpu, memory_gib=j.spec.memory_gib,
@@ -149,6 +152,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot,
             checkpointable=j.spec.checkpointable, waited_h=max(0.0, snap.now - j.submitted_at) / 3600.0,
             allowed_targets=(frozenset(t for t, ref in refs.items() if ref.cluster not in snap.avoid[j.id])
                              if j.id in snap.avoid else None),
+            **(teams.demand(j) if teams is not None else {}),
         )
         for j in snap.pending
     )
@@ -161,6 +165,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot,
             spot_for_non_checkpointable=policy.spot_for_non_checkpointable,
             time_limit_s=config.loop.solver_time_limit_s, work_limit=config.loop.solver_work_limit,
             compute_bound=config.loop.solver_bound,
+            quotas=teams.quotas if teams is not None else (), budgets=teams.budgets if teams is not None else (),
         ),
     )
     return problem, refs

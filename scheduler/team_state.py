@@ -1,0 +1,236 @@
+"""What the loop knows of teams between cycles: each budget line's spend in its open period and what running jobs
+have committed, the warnings already given, on-prem quota in use, and fair-share usage decayed over time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from spillover.placement import Budget as PlacedBudget
+from spillover.placement import Quota
+from spillover.providers.contract import ClusterState, JobPhase
+from spillover.scheduler.budgets import ONPREM, BudgetBook, BudgetStatus, budget_lines, lines_of
+from spillover.scheduler.config import CloudCluster, SpilloverConfig
+from spillover.scheduler.records import Job, LedgerEntry
+
+HOUR = 3600.0
+
+
+class TeamState:
+    def __init__(self, config: SpilloverConfig) -> None:
+        self.config = config
+        self.lines = budget_lines(config)
+        self.book = BudgetBook(self.lines)
+        self.quota_teams = [t for t in config.teams if t.quota is not None]
+        self.weights = {t.name: t.weight for t in config.teams}
+        self.half_life_s = config.fair_share.half_life_s
+        self.usage: dict[str, float] = {}  # team -> on-prem GPU-hours, decayed to `usage_at`
+        self.usage_at: float | None = None
+        self._said: set[tuple[str, float, str]] = set()  # (line, period start, state) already announced
+        self._lines_of: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.lines or self.quota_teams or self.config.teams)
+
+    def view(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
+             marks: dict[str, dict[str, float]]) -> TeamView:
+        """Everything one decision needs of the teams, as of `now`."""
+        by_type, by_team = onprem_held(self.config, active)
+        if self.config.teams:
+            if self.usage_at is None:
+                self.load_usage(store, now)
+            else:
+                self.advance_usage(now, by_team)
+        statuses = self.budget_status(store, now, active, states, marks)
+        return TeamView(self, statuses, self.quotas(by_type) if self.quota_teams else ())
+
+    # ---- budgets ---------------------------------------------------------------------------------
+
+    def budgets_of(self, team: str, queue: str) -> tuple[str, ...]:
+        key = (team, queue)
+        got = self._lines_of.get(key)
+        if got is None:
+            got = self._lines_of[key] = lines_of(self.lines, team, queue)
+        return got
+
+    def ledger(self, entries: Iterable[LedgerEntry]) -> None:
+        """Ledger entries just written: spend of the open periods."""
+        self.book.add(entries)
+
+    def budget_status(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
+                      marks: dict[str, dict[str, float]]) -> list[BudgetStatus]:
+        """Every line in its open period, with what the jobs running or on their way would still cost."""
+        if not self.lines:
+            return []
+        self.book.open(store, now)
+        committed = self._committed(now, active, states, marks)
+        out = []
+        for s in self.book.status.values():
+            s.committed = sum(usd for (team, queue, cloud), usd in committed.items()
+                              if s.line.counts(team, queue, cloud))
+            out.append(s)
+        return out
+
+    def _committed(self, now: float, active: list[Job], states: dict[str, ClusterState],
+                   marks: dict[str, dict[str, float]]) -> dict[tuple[str, str, str], float]:
+        """(team, queue, cloud) -> dollars the active jobs add to the ledger from its marks to their expected end."""
+        out: dict[tuple[str, str, str], float] = {}
+        cfg = self.config
+        for j in active:
+            if j.cluster is None:
+                continue
+            cluster = cfg.cluster(j.cluster)
+            if cluster is None:
+                continue
+            spec = j.spec
+            speed = cfg.speed(j.gpu_type) if j.gpu_type else 1.0
+            run_s = spec.estimated_runtime_s / speed
+            if isinstance(cluster, CloudCluster):
+                pool = next((p for p in cluster.pools if p.name == j.pool), None)
+                if pool is None:
+                    continue
+                cloud = getattr(cluster.cloud, "value", cluster.cloud)
+                per_node_h = pool.price_per_hour * min(1.0, spec.gpus / pool.gpus_per_node)
+            else:
+                if not cluster.gpu_hour_cost:
+                    continue
+                cloud, per_node_h = ONPREM, cluster.gpu_hour_cost * spec.gpus
+            state = states.get(j.cluster)
+            status = state.jobs.get(j.id) if state is not None else None
+            if status is not None and status.phase == JobPhase.RUNNING and status.started_at is not None:
+                end = status.started_at + run_s
+                node_marks = marks.get(j.cluster, {})
+                hours = sum(max(0.0, end - max(status.started_at, node_marks.get(n, status.started_at)))
+                            for n in status.nodes) / HOUR
+            else:
+                hours = spec.nodes * run_s / HOUR
+            key = (j.team, j.queue, cloud)
+            out[key] = out.get(key, 0.0) + per_node_h * hours
+        return out
+
+    def announcements(self, statuses: list[BudgetStatus]) -> list[tuple[str, str]]:
+        """(kind, message) for lines that crossed their warning threshold or ran out in this period, once each."""
+        out = []
+        for s in statuses:
+            state = s.state
+            if state == "ok" or (s.line.id, s.start, state) in self._said:
+                continue
+            self._said.add((s.line.id, s.start, state))
+            if state == "warning":
+                self._said.add((s.line.id, s.start, "warning"))
+            used = s.spent + s.committed
+            period = _period_name(s)
+            if state == "exhausted":
+                msg = (f"budget {s.line.id} exhausted for {period}: ${used:,.2f} spent or committed of "
+                       f"${s.line.usd:,.2f}; its jobs wait on-prem")
+            else:
+                msg = (f"budget {s.line.id} at {used / s.line.usd:.0%} for {period}: ${used:,.2f} spent or committed "
+                       f"of ${s.line.usd:,.2f} (warning at {s.line.budget.warn_at:.0%})")
+            out.append(("budget-" + state, msg))
+        return out
+
+    # ---- quotas and fair share -------------------------------------------------------------------
+
+    def quotas(self, held: dict[tuple[str, str], int]) -> tuple[Quota, ...]:
+        """The teams' on-prem quotas, with the GPUs of each type their jobs hold now."""
+        onprem_types = {g.gpu_type for c in self.config.onprem_clusters for g in c.node_groups}
+        out = []
+        for t in self.quota_teams:
+            for gpu_type in sorted(onprem_types):
+                q = (t.quota or {}).get(gpu_type)
+                out.append(Quota(t.name, gpu_type, q.nominal if q else 0, held.get((t.name, gpu_type), 0),
+                                 q.borrowing_limit if q else None, q.lending_limit if q else None, t.cohort))
+        return tuple(out)
+
+    def placed_budgets(self, statuses: list[BudgetStatus]) -> tuple[PlacedBudget, ...]:
+        return tuple(PlacedBudget(s.line.id, s.room, s.line.cloud) for s in statuses)
+
+    def load_usage(self, store, now: float) -> None:
+        """Usage as the ledger has it, after a restart: on-prem GPU-hours of the last ten half-lives, decayed."""
+        self.usage = {}
+        for team, bucket, gpu_hours in store.ledger_usage(now - 10 * self.half_life_s, now, ONPREM):
+            if team:
+                age = max(0.0, now - (bucket + HOUR / 2))
+                self.usage[team] = self.usage.get(team, 0.0) + gpu_hours * math.pow(0.5, age / self.half_life_s)
+        self.usage_at = now
+
+    def advance_usage(self, now: float, held_gpus: dict[str, int]) -> None:
+        """Decay every team's usage to `now` and add the on-prem GPUs they held since the last call."""
+        if self.usage_at is None:
+            self.usage_at = now
+            return
+        dt = now - self.usage_at
+        if dt <= 0:
+            return
+        decay = math.pow(0.5, dt / self.half_life_s)
+        for team in list(self.usage):
+            self.usage[team] *= decay
+        # GPUs held over dt, integrated with the decay inside the interval
+        gain = (self.half_life_s / math.log(2)) * (1 - decay) / HOUR
+        for team, gpus in held_gpus.items():
+            self.usage[team] = self.usage.get(team, 0.0) + gpus * gain
+        self.usage_at = now
+
+    def share(self, team: str) -> float:
+        """A team's decayed on-prem GPU-hours per unit of weight: the lower, the sooner its jobs go."""
+        return self.usage.get(team, 0.0) / self.weights.get(team, 1.0)
+
+    def weight(self, team: str) -> float:
+        return self.weights.get(team, 1.0)
+
+
+def _period_name(s: BudgetStatus) -> str:
+    start = datetime.fromtimestamp(s.start, timezone.utc)
+    period = s.line.budget.period
+    if period == "month":
+        return start.strftime("%Y-%m")
+    if period == "day":
+        return start.strftime("%Y-%m-%d")
+    end = datetime.fromtimestamp(s.end, timezone.utc)
+    return f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
+
+
+class TeamView:
+    """What one decision needs of the teams: quotas with their use, budgets with their room, each job's fields."""
+
+    def __init__(self, state: TeamState, statuses: list[BudgetStatus], quotas: tuple[Quota, ...]) -> None:
+        self.state = state
+        self.statuses = statuses
+        self.quotas = quotas
+        self.budgets = state.placed_budgets(statuses)
+        self.fair = bool(state.config.teams)
+
+    def demand(self, job: Job) -> dict:
+        """JobDemand fields of a pending job: its team, the budgets it spends against, its team's fair share."""
+        st = self.state
+        out: dict = {}
+        if self.quotas or self.fair:
+            out["team"] = job.team
+        if self.fair:
+            out["share"] = st.share(job.team)
+            out["weight"] = st.weight(job.team)
+        if st.lines:
+            b = st.budgets_of(job.team, job.queue)
+            if b:
+                out["budgets"] = b
+        return out
+
+
+def onprem_held(config: SpilloverConfig, active: Iterable[Job]) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """GPUs that active jobs hold (or are on their way to) on-prem: by (team, GPU type), and by team."""
+    by_type: dict[tuple[str, str], int] = {}
+    by_team: dict[str, int] = {}
+    onprem = {c.name: c for c in config.onprem_clusters}
+    for j in active:
+        c = onprem.get(j.cluster or "")
+        if c is None:
+            continue
+        gpu_type = j.gpu_type or (c.node_groups[0].gpu_type if len({g.gpu_type for g in c.node_groups}) == 1
+                                  else None)
+        gpus = j.spec.total_gpus
+        if gpu_type is not None:
+            by_type[(j.team, gpu_type)] = by_type.get((j.team, gpu_type), 0) + gpus
+        by_team[j.team] = by_team.get(j.team, 0) + gpus
+    return by_type, by_team
