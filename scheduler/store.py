@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, create_engine, event, func, literal_column, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -455,6 +455,28 @@ class Store:
         with self._read() as s:
             return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
 
+    def ledger_sums(self, by: str, *, since: float | None = None, until: float | None = None,
+                    team: str | None = None, per_bucket: bool = False
+                    ) -> list[tuple[float | None, str, str, str, bool, float, float, float]]:
+        """(hour bucket or None, key, cloud, cluster, idle, node-hours, GPU-hours, dollars) grouped by `by` (cloud,
+        cluster, pool, queue, team or job) and by where the time was spent, so that an empty key can be told apart:
+        `idle` is a cloud node's share no job used (job ''). Buckets in [since, until); with `team`, that team's rows;
+        with `per_bucket`, one row per hour bucket as well."""
+        column = _LEDGER_KEYS[by]
+        idle = LedgerRow.job_id == literal_column("''")  # inline, so that GROUP BY repeats the very same expression
+        groups = [column, LedgerRow.cloud, LedgerRow.cluster, idle] + ([LedgerRow.bucket] if per_bucket else [])
+        q = select(*groups, func.sum(LedgerRow.node_hours), func.sum(LedgerRow.gpu_hours), func.sum(LedgerRow.usd))
+        if since is not None:
+            q = q.where(LedgerRow.bucket >= since)
+        if until is not None:
+            q = q.where(LedgerRow.bucket < until)
+        if team is not None:
+            q = q.where(LedgerRow.team == team)
+        q = q.group_by(*groups)
+        with self._read() as s:
+            return [(float(row[4]) if per_bucket else None, row[0] or "", row[1] or "", row[2] or "", bool(row[3]),
+                     float(row[-3] or 0), float(row[-2] or 0), float(row[-1] or 0)) for row in s.execute(q)]
+
     def ledger_groups(self, since: float, until: float) -> list[tuple[str, str, str, float]]:
         """(team, queue, cloud, dollars) of the ledger's hour buckets in [since, until): what budgets count."""
         cols = (LedgerRow.team, LedgerRow.queue, LedgerRow.cloud)
@@ -472,6 +494,8 @@ class Store:
             return [(t or "", float(b), float(gh or 0)) for t, b, gh in s.execute(q)]
 
 
+_LEDGER_KEYS = {"cloud": LedgerRow.cloud, "cluster": LedgerRow.cluster, "pool": LedgerRow.pool,
+                "queue": LedgerRow.queue, "team": LedgerRow.team, "job": LedgerRow.job_id}
 _JOB_COLUMNS = ("state", "cluster", "pool", "gpu_type", "reason", "attempts", "dispatched_at", "started_at",
                 "finished_at", "interruptions", "avoid", "updated_at")
 _jt = JobRow.__table__
