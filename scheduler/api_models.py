@@ -53,6 +53,13 @@ class JobOut(_Out):
     dispatched_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    est_start_at: float | None = Field(default=None, description="while pending: when the plan expects it to start "
+                                       "(epoch seconds); null when no forecast has it starting")
+    est_place: str | None = Field(default=None, description="while pending: the cluster it is expected to start on")
+    pending: str = Field(default="", description="while pending, what holds it back: quota, budget, capacity, "
+                         "policy (a cap the policy sets) or cost (waiting is cheaper than running now)")
+    progress: float = Field(default=0.0, description="fraction of its work done before a preemption or "
+                            "interruption; a checkpointable job resumes from there")
     spec: JobSpec
 
     @staticmethod
@@ -61,7 +68,9 @@ class JobOut(_Out):
             id=j.id, name=j.name, queue=j.queue, team=j.team, state=j.state, gpus=j.gpus, priority=j.priority,
             cluster=j.cluster, pool=j.pool, gpu_type=j.gpu_type, reason=j.reason, attempts=j.attempts,
             submitted_at=j.submitted_at, dispatched_at=j.dispatched_at, started_at=j.started_at,
-            finished_at=j.finished_at, spec=j.spec)
+            finished_at=j.finished_at, spec=j.spec, progress=j.progress,
+            **({"est_start_at": j.est_start_at, "est_place": j.est_place, "pending": j.pending}
+               if j.state == JobState.PENDING else {}))
 
 
 class EventOut(_Out):
@@ -181,20 +190,75 @@ def cluster_overview(config: SpilloverConfig, statuses: dict[str, Any], pool_sta
 
 
 class CostRowOut(_Out):
-    key: str = Field(description="the cloud, team, queue, ... ('(idle)' for node time no job used)")
+    key: str = Field(description="the cloud, team, queue, ... ('(idle)' for cloud node time no job used, "
+                     "'<cluster> (on-prem)' for on-prem time by pool); in a report by period, the value of `split`, "
+                     "or the period itself without one")
     node_hours: float
     gpu_hours: float
     usd: float
+    period: str | None = Field(default=None, description="by day, week or month: 2026-11-03, 2026-W45, 2026-11")
+    start: float | None = Field(default=None, description="by period: its first second (epoch seconds, UTC)")
+    end: float | None = Field(default=None, description="by period: the first second after it")
 
 
-ReportBy = Literal["cloud", "cluster", "pool", "queue", "team", "job"]
+ReportBy = Literal["cloud", "cluster", "pool", "queue", "team", "job", "day", "week", "month"]
+Split = Literal["cloud", "team", "queue"]
 
 
 class CostReport(_Out):
     by: ReportBy
+    split: Split | None = Field(default=None, description="by period: what each period is broken down by")
+    since: float | None = Field(default=None, description="hour buckets from here on (epoch seconds); null: all")
+    until: float | None = Field(default=None, description="hour buckets before this (epoch seconds); null: all")
     scope: str = Field(description="'all', or 'team:NAME' when the token reads only its team's costs")
-    rows: list[CostRowOut]
+    rows: list[CostRowOut] = Field(description="grouped: most dollars first; by period: oldest first, and in each "
+                                   "period every value of the split, most dollars (over the report) first")
     total_usd: float
+
+    @staticmethod
+    def of_groups(by: str, rows: list, *, since: float | None = None, until: float | None = None,
+                  scope: str = "all") -> CostReport:
+        """From costs.cost_report's CostRows."""
+        out = [CostRowOut(key=r.key, node_hours=r.node_hours, gpu_hours=r.gpu_hours, usd=r.usd) for r in rows]
+        return CostReport(by=by, since=since, until=until, scope=scope, rows=out, total_usd=sum(r.usd for r in rows))
+
+    @staticmethod
+    def of_periods(by: str, rows: list, *, split: str | None = None, since: float | None = None,
+                   until: float | None = None, scope: str = "all") -> CostReport:
+        """From costs.period_report's PeriodRows."""
+        out = [CostRowOut(key=r.key if split else r.period, node_hours=r.node_hours, gpu_hours=r.gpu_hours, usd=r.usd,
+                          period=r.period, start=r.start, end=r.end) for r in rows]
+        return CostReport(by=by, split=split, since=since, until=until, scope=scope, rows=out,
+                          total_usd=sum(r.usd for r in rows))
+
+
+class BudgetLineOut(_Out):
+    id: str = Field(description="team:NAME or queue:NAME, and :CLOUD for its part on one cloud")
+    owner: Literal["team", "queue"]
+    name: str
+    cloud: str | None = Field(default=None, description="null: the whole budget")
+    period_kind: Literal["day", "week", "month", "window"]
+    period: str = Field(description="2026-12, 2026-W49, 2026-12-03, or a window's dates")
+    start: float = Field(description="the period's first second (epoch seconds, UTC)")
+    end: float = Field(description="the first second after it")
+    usd: float = Field(description="the budget, dollars per period")
+    spent: float = Field(description="dollars in the ledger in the period")
+    share: float = Field(description="spent / usd")
+    forecast: float = Field(description="dollars at the end of the period at the rate spent so far")
+    warn_at: float = Field(description="share at which the state turns to warning")
+    state: Literal["ok", "warning", "exhausted", "not open", "closed"] = Field(
+        description="ok; warning past warn_at; exhausted: nothing left; a window: not open yet, or closed")
+
+
+class BudgetReport(_Out):
+    at: float = Field(description="when the report was made (epoch seconds): its periods are the ones open then")
+    scope: str = Field(description="'all', or 'team:NAME': that team's lines and its queues'")
+    lines: list[BudgetLineOut] = Field(description="teams' lines first, each followed by its per-cloud parts")
+
+    @staticmethod
+    def of(rows: list, at: float, scope: str = "all") -> BudgetReport:
+        """From costs.budget_report's BudgetRows."""
+        return BudgetReport(at=at, scope=scope, lines=[BudgetLineOut(**vars(r)) for r in rows])
 
 
 class QueuePolicy(_Out):

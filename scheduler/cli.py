@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import signal
@@ -45,6 +42,9 @@ class ReportBy(str, Enum):
     queue = "queue"
     team = "team"
     job = "job"
+    day = "day"
+    week = "week"
+    month = "month"
 
 
 class Format(str, Enum):
@@ -220,8 +220,12 @@ def _print_jobs(rows) -> None:
     for j in rows:
         where = f"{j.cluster}/{j.pool}" if j.pool else (j.cluster or "-")
         waited = None if j.state == JobState.CANCELLED else (j.started_at or now) - j.submitted_at
-        cells.append([j.id, j.queue, str(j.gpus), j.state.value, where, _dur(waited), j.reason])
-    heads = ["job", "queue", "GPUs", "state", "where", "waited"]
+        starts = "-"
+        if j.state == JobState.PENDING:
+            starts = (f"~{_dur(max(0.0, j.est_start_at - now))} {j.est_place}" if j.est_start_at is not None
+                      else "unknown") + (f" ({j.pending})" if j.pending else "")
+        cells.append([j.id, j.queue, str(j.gpus), j.state.value, where, _dur(waited), starts, j.reason])
+    heads = ["job", "queue", "GPUs", "state", "where", "waited", "starts"]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
     # the fixed columns keep their width; the reason gets the rest of the line, cut with an ellipsis
     why_width = max(12, out.width - sum(widths) - 3 * (len(heads) + 1) - 1)
@@ -253,6 +257,13 @@ def describe(job: Annotated[str, typer.Argument(help="job id or name")], config:
         out.print(f"[bold]{j.id}[/bold]  queue={j.queue} team={j.team} state={j.state.value}")
         out.print(f"where: {j.cluster or '-'}{'/' + j.pool if j.pool else ''}  gpu type: {j.gpu_type or '-'}")
         out.print(f"why: {j.reason}", markup=False)
+        if j.state == JobState.PENDING:
+            held = f"; held back by {j.pending}" if j.pending else ""
+            when = (f"{_ts(j.est_start_at)} on {j.est_place}" if j.est_start_at is not None
+                    else "unknown (no forecast has it starting)")
+            out.print(f"expected start: {when}{held}", markup=False)
+        if j.progress:
+            out.print(f"progress: {j.progress:.0%} done before it was stopped; it resumes from its checkpoint")
         out.print(f"submitted {_ts(j.submitted_at)}  started {_ts(j.started_at)}  finished {_ts(j.finished_at)}")
         table = Table(title="events")
         for col in ("time", "kind", "state", "message"):
@@ -322,49 +333,45 @@ def _signals_text(signals: dict[str, float]) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
+class SplitBy(str, Enum):
+    cloud = "cloud"
+    team = "team"
+    queue = "queue"
+
+
 @app.command("cost-report")
-def cost_report_cmd(config: ConfigOpt = None,
-                    by: Annotated[ReportBy, typer.Option(help="group costs by")] = ReportBy.cloud,
-                    fmt: Annotated[Format, typer.Option("--format", help="output format")] = Format.table,
-                    server: ServerOpt = None, token: TokenOpt = None) -> None:
-    """Dollars, node-hours and GPU-hours from the cost ledger."""
+def cost_report_cmd(
+        config: ConfigOpt = None,
+        by: Annotated[ReportBy, typer.Option(help="group costs by a ledger key, or by UTC day, week (from Monday) "
+                                             "or month")] = ReportBy.cloud,
+        split: Annotated[Optional[SplitBy], typer.Option(help="with --by day|week|month: a column per cloud, team "
+                                                         "or queue")] = None,
+        since: Annotated[Optional[str], typer.Option(
+            metavar="WHEN", help="from this time on: ISO 8601 (UTC without a zone), YYYY-MM, or back from now: 90m, "
+                                 "24h, 7d, 2w")] = None,
+        until: Annotated[Optional[str], typer.Option(metavar="WHEN", help="before this time (as --since)")] = None,
+        budgets: Annotated[bool, typer.Option("--budgets", help="each budget line against its spend in the period "
+                                              "open now, with the forecast for the period's end")] = False,
+        plot: Annotated[Optional[Path], typer.Option(
+            metavar="FILE.png", help="also draw spend per period (--by day|week|month) as stacked bars per --split "
+                                     "(default cloud)")] = None,
+        fmt: Annotated[Format, typer.Option("--format", "-o", help="output format")] = Format.table,
+        server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Dollars, node-hours and GPU-hours from the cost ledger: grouped, over time, or against budgets."""
+    from spillover.scheduler.cost_views import ReportSource, cost_report_command
+
     with user_errors():
-        if server:
-            render_cost_report(_client(server, token).cost(by.value).rows, by.value, fmt.value)
-        else:
-            print_cost_report(_store(_config(config)), by.value, fmt.value)
+        source = ReportSource(client=(lambda: _client(server, token)) if server else None,
+                              config=lambda: _config(config), store=lambda: _store(_config(config)))
+        cost_report_command(source, by=by.value, split=split.value if split else None, since=since, until=until,
+                            budgets=budgets, by_given=by != ReportBy.cloud, plot=plot, fmt=fmt.value,
+                            now=RealClock().now(), out=out, err=err)
 
 
 def print_cost_report(store, by: str, fmt: str, title: str | None = None) -> None:
-    from spillover.scheduler.costs import cost_report
+    from spillover.scheduler.cost_views import build_cost_report, render_cost
 
-    render_cost_report(cost_report(store, by), by, fmt, title)
-
-
-def render_cost_report(rows, by: str, fmt: str, title: str | None = None) -> None:
-    """Rows with key, node_hours, gpu_hours and usd as a table, CSV or JSON."""
-    if fmt == "json":
-        sys.stdout.write(json.dumps([{by: r.key, "node_hours": round(r.node_hours, 4),
-                                      "gpu_hours": round(r.gpu_hours, 4), "usd": round(r.usd, 2)} for r in rows],
-                                    indent=2) + "\n")
-        return
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow([by, "node_hours", "gpu_hours", "usd"])
-        for r in rows:
-            w.writerow([r.key, f"{r.node_hours:.4f}", f"{r.gpu_hours:.4f}", f"{r.usd:.2f}"])
-        sys.stdout.write(buf.getvalue())
-        return
-    table = Table(title=title or f"cost by {by}")
-    table.add_column(by)
-    for col in ("node-hours", "GPU-hours", "USD"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r.key, f"{r.node_hours:,.1f}", f"{r.gpu_hours:,.1f}", f"{r.usd:,.2f}")
-    table.add_row("[bold]total[/bold]", f"{sum(r.node_hours for r in rows):,.1f}",
-                  f"{sum(r.gpu_hours for r in rows):,.1f}", f"[bold]{sum(r.usd for r in rows):,.2f}[/bold]")
-    out.print(table)
+    render_cost(build_cost_report(store, by), fmt, out, title)
 
 
 # ---- the API -----------------------------------------------------------------------------------------
