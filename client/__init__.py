@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from spillover.scheduler.api_models import (
+    BudgetReport,
     CancelResult,
     ClusterOut,
     CostReport,
@@ -86,6 +88,7 @@ def _raise_for(resp: httpx.Response) -> None:
               body.get("errors") or None, str(body.get("type", "about:blank")))
 
 
+When = float | int | datetime | str
 JobsInput = str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
@@ -164,11 +167,29 @@ class Client:
     def clusters(self) -> list[ClusterOut]:
         return [ClusterOut.model_validate(c) for c in self._call("GET", "/api/v1/clusters")]
 
-    def cost(self, by: str = "cloud") -> CostReport:
-        return CostReport.model_validate(self._call("GET", "/api/v1/cost", params={"by": by}))
+    def cost(self, by: str = "cloud", *, split: str | None = None, since: When | None = None,
+             until: When | None = None) -> CostReport:
+        """The cost ledger grouped by cloud, cluster, pool, queue, team or job, or per day, week or month (with
+        `split`: cloud, team or queue), over hour buckets in [since, until). A time is epoch seconds, a datetime
+        (UTC when naive), or text as the server reads it: ISO 8601, YYYY-MM, or back from now (7d, 24h, 90m, 2w)."""
+        params = {"by": by, "split": split, "since": _when(since), "until": _when(until)}
+        return CostReport.model_validate(self._call("GET", "/api/v1/cost",
+                                                    params={k: v for k, v in params.items() if v is not None}))
+
+    def budgets(self) -> BudgetReport:
+        """Each budget line this token may read against its spend in the period open now."""
+        return BudgetReport.model_validate(self._call("GET", "/api/v1/budgets"))
 
     def policy(self) -> PolicyOut:
         return PolicyOut.model_validate(self._call("GET", "/api/v1/policy"))
+
+
+def _when(t: When | None) -> str | None:
+    if t is None or isinstance(t, str):
+        return t
+    if isinstance(t, datetime):
+        return (t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)).isoformat()
+    return datetime.fromtimestamp(float(t), timezone.utc).isoformat()
 
 
 def _quote(part: str) -> str:

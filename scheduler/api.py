@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spillover.scheduler.api_models import (
+    BudgetReport,
     CancelResult,
     ClusterOut,
     CostReport,
-    CostRowOut,
     Health,
     JobDetail,
     JobOut,
@@ -32,6 +32,7 @@ from spillover.scheduler.api_models import (
     PolicyOut,
     Problem,
     ReportBy,
+    Split,
     SubmitResult,
     cluster_overview,
 )
@@ -352,17 +353,47 @@ def build_router(api: Api) -> APIRouter:
         rows = cluster_overview(api.config, api.store.cluster_statuses(), api.store.pool_statuses(), api.clock.now())
         return Response(json.dumps([c.model_dump(mode="json") for c in rows]), media_type="application/json")
 
-    @r.get("/cost", response_model=CostReport, summary="The cost ledger, grouped",
+    def _when(name: str, text: str | None, now: float) -> float | None:
+        from spillover.scheduler.costs import parse_when
+
+        if text is None:
+            return None
+        try:
+            return parse_when(text, now)
+        except ValueError as e:
+            raise ApiProblem(422, f"query.{name}: {e}", [FieldProblem(f"query.{name}", str(e))]) from None
+
+    @r.get("/cost", response_model=CostReport, summary="The cost ledger, grouped or per period",
            description="finance, ops and admin read every row; a submitter only what its team's jobs used",
            responses=_problems(422))
-    def cost(who: Who, by: Annotated[ReportBy, Query(description="how rows are grouped")] = "cloud") -> Response:
-        from spillover.scheduler.costs import cost_report
+    def cost(who: Who, by: Annotated[ReportBy, Query(description="how rows are grouped: a ledger key, or per UTC "
+                                                     "day, week (from Monday) or month")] = "cloud",
+             split: Annotated[Split | None, Query(description="with a period: a row per period and value")] = None,
+             since: Annotated[str | None, Query(max_length=100, description=_WHEN_HELP)] = None,
+             until: Annotated[str | None, Query(max_length=100, description="hour buckets before this (as since)")]
+             = None) -> Response:
+        from spillover.scheduler.cost_views import build_cost_report
+        from spillover.scheduler.costs import PERIODS, utc_text
+
+        now = api.clock.now()
+        t0, t1 = _when("since", since, now), _when("until", until, now)
+        if t0 is not None and t1 is not None and t0 >= t1:
+            message = f"must be after since ({utc_text(t1)} is not after {utc_text(t0)})"
+            raise ApiProblem(422, f"query.until: {message}", [FieldProblem("query.until", message)])
+        if split is not None and by not in PERIODS:
+            message = f"only with by=day, week or month (by is {by})"
+            raise ApiProblem(422, f"query.split: {message}", [FieldProblem("query.split", message)])
+        team = None if who.reads_all_costs else who.team
+        return _json(build_cost_report(api.store, by, split=split, since=t0, until=t1, team=team))
+
+    @r.get("/budgets", response_model=BudgetReport, summary="Budget lines against their spend",
+           description="each budget line in its period open now, with the forecast for the period's end; finance, "
+                       "ops and admin read every line, a submitter its team's and its team's queues'")
+    def budgets(who: Who) -> Response:
+        from spillover.scheduler.cost_views import build_budget_report
 
         team = None if who.reads_all_costs else who.team
-        rows = cost_report(api.store, by, team=team)
-        return _json(CostReport(by=by, scope="all" if team is None else f"team:{team}",
-                                rows=[CostRowOut(key=x.key, node_hours=x.node_hours, gpu_hours=x.gpu_hours, usd=x.usd)
-                                      for x in rows], total_usd=sum(x.usd for x in rows)))
+        return _json(build_budget_report(api.config, api.store, api.clock.now(), team=team))
 
     @r.get("/policy", response_model=PolicyOut, summary="The active burst policy")
     def policy(who: Who) -> Response:
@@ -371,6 +402,8 @@ def build_router(api: Api) -> APIRouter:
     return r
 
 
+_WHEN_HELP = ("hour buckets from this time on: ISO 8601 (UTC without a zone), YYYY-MM, or back from now: 90m, 24h, 7d, "
+              "2w")
 _JOB_DOC = {"type": "object", "description": "a TrainingJob (apiVersion spillover/v1alpha1) or a batch/v1 Job",
             "required": ["apiVersion", "kind", "metadata", "spec"],
             "properties": {"apiVersion": {"type": "string", "enum": ["spillover/v1alpha1", "batch/v1"]},
