@@ -222,10 +222,11 @@ def render_budgets(report: BudgetReport, fmt: str, console: Console, err: Consol
     if fmt == "csv":
         _write_csv(BUDGET_FIELDS, [["" if item[h] is None else item[h] for h in BUDGET_FIELDS] for item in items])
         return
-    table = Table(title=f"budgets at {utc_text(report.at)}" + ("" if report.scope == "all" else f" ({report.scope})"))
+    table = Table(title=f"budgets at {utc_text(report.at)}" + ("" if report.scope == "all" else f" ({report.scope})"),
+                  caption="forecast: the spend at the end of the period, at the rate of the period so far")
     table.add_column("budget")
     table.add_column("period")
-    for col in ("budget $", "spent $", "share", "forecast $ (end of period)"):
+    for col in ("budget $", "spent $", "share", "forecast $"):
         table.add_column(col, justify="right")
     table.add_column("state")
     for b in report.lines:
@@ -275,7 +276,8 @@ def spend_figure(report: CostReport):
     if periods:
         ax.tick_params(axis="x", labelrotation=45 if len(periods) > 6 else 0)
         if report.split:
-            ax.legend(title=report.split, fontsize="small")
+            handles, labels = ax.get_legend_handles_labels()
+            ax.legend(handles[::-1], labels[::-1], title=report.split, fontsize="small")  # top layer first
     else:
         ax.text(0.5, 0.5, "no spend in the ledger for this range", ha="center", va="center", transform=ax.transAxes)
     return fig

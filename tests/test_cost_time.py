@@ -345,7 +345,8 @@ def test_budgets_table_in_the_open_period_with_sub_rows_per_cloud(tmp_path):
                                entry(bucket, "gke", 10.0, "c", "platform", "prod")], **BUDGETS)
     out = ok("cost-report", "-c", str(cfg), "--budgets")
     head, *body = table(out)
-    assert head == ["budget", "period", "budget $", "spent $", "share", "forecast $ (end of period)", "state"]
+    assert head == ["budget", "period", "budget $", "spent $", "share", "forecast $", "state"]
+    assert "forecast: the spend at the end of the period" in out
     lines = {r[0].strip(): r for r in body}
     assert [r[0] for r in body][:2] == ["team:ml", "team:ml:aws"] and "│   team:ml:aws" in out  # indented
     month = datetime.fromtimestamp(bucket, timezone.utc).strftime("%Y-%m")
