@@ -351,7 +351,8 @@ def _explain(settled: Settled) -> Plan:
                 policy,
             )
             decisions.append(
-                Decision(job.id, Action.WAIT, reason, start_h=f.start_h, cost=waits[i], wait_target=f.target)
+                Decision(job.id, Action.WAIT, reason, start_h=f.start_h, cost=waits[i], wait_target=f.target,
+                         pending=reasons.pending_kind(alt, blocked))
             )
             total += waits[i]
             continue

@@ -542,8 +542,15 @@ class Ledger:
             if clouds and all(held.get(ti) == "budget" for ti in clouds):
                 cheapest = min(clouds, key=lambda ti: run_cost(job, self.targets[ti]))
                 return Blocked("budget", "; ".join([lim.detail(job, "budget", self.targets[cheapest]), *words]))
-            if quota and not clouds:
-                return Blocked("quota", words[0])
+            if quota:
+                rest = self._capacity_blocked(job, ts)
+                cloud = {"cap": f"the cloud GPU cap of {self.policy.max_cloud_gpus} is reached",
+                         "pool-limit": f"no new nodes left in {rest.detail}",
+                         "full": "no cloud target has room"}[rest.kind] if clouds else ""
+                return Blocked("quota", "; ".join([words[0], *([cloud] if cloud else [])]))
+        return self._capacity_blocked(job, ts)
+
+    def _capacity_blocked(self, job: JobDemand, ts: Sequence[int]) -> Blocked:
         capped: list[str] = []
         limited: list[str] = []
         for ti in ts:

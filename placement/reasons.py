@@ -61,6 +61,15 @@ def burst(
     )
 
 
+def pending_kind(alt: Option | None, blocked: Blocked | None) -> str:
+    """The tier of a waiting job's reason: what would have to change for it to start."""
+    if alt is not None:
+        return "cost"
+    if blocked is None:
+        return "capacity"
+    return {"quota": "quota", "budget": "budget", "cap": "policy"}.get(blocked.kind, "capacity")
+
+
 def waiting(
     job: JobDemand,
     fc: Forecast,

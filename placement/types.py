@@ -188,6 +188,9 @@ class Decision:
     start_h: float = 0.0  # expected start: 0 now, provisioning delay, or the forecast on-prem start when waiting
     cost: float = 0.0  # expected dollars: run cost plus value of the delay
     wait_target: str | None = None  # on WAIT: the on-prem target the forecast expects it to start on
+    # on WAIT, what holds it back first: "quota", "budget", "capacity", "policy" (a cap the policy sets) or "cost"
+    # (it could run now, but waiting is cheaper)
+    pending: str = ""
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,10 @@ class DispatchRequest:
     pool: str | None = None  # cloud pool whose nodes the job must run on
     node_hints: tuple[str, ...] = ()  # the solver's binding; a provider may ignore it
     gpu_type: str | None = None  # the GPU type the solver chose; a provider pins the job to it
+    # fraction of its work a checkpointable job did before it was preempted or interrupted: it resumes from its
+    # checkpoint, and a provider tells it so (Kubernetes: the spillover/resume-from annotation and the
+    # SPILLOVER_RESUME_FROM environment variable)
+    progress: float = 0.0
 
 
 @runtime_checkable

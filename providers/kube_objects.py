@@ -20,6 +20,7 @@ from spillover.providers.kube_settings import (
     MANAGER,
     QUEUE_LABEL,
     REQUEST_ID_ANNOTATION,
+    RESUME_ANNOTATION,
     RUNTIME_ANNOTATION,
     KubeSettings,
     PoolInfo,
@@ -376,8 +377,12 @@ def job_manifest(request: DispatchRequest, namespace: str, settings: KubeSetting
         container["command"] = list(spec.command)
     if spec.args:
         container["args"] = list(spec.args)
-    if spec.env:
-        container["env"] = [{"name": k, "value": v} for k, v in spec.env.items()]
+    env = dict(spec.env)
+    if request.progress > 0:
+        annotations[RESUME_ANNOTATION] = f"{request.progress:.6f}"
+        env.setdefault("SPILLOVER_RESUME_FROM", f"{request.progress:.6f}")
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
     selector = dict(settings.node_selector)
     if settings.pool_label and request.pool:
         selector[settings.pool_label] = request.pool

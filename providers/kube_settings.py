@@ -13,6 +13,7 @@ JOB_ID_LABEL = "spillover/job-id"
 QUEUE_LABEL = "spillover/queue"
 REQUEST_ID_ANNOTATION = "spillover/request-id"
 RUNTIME_ANNOTATION = "spillover/estimated-runtime-s"
+RESUME_ANNOTATION = "spillover/resume-from"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 

@@ -77,6 +77,7 @@ class _Job:
     message: str = ""
     unschedulable_since: float | None = None
     interrupted: bool = False
+    progress: float = 0.0  # fraction of the work done before: the run takes the rest
     version: int = 0  # bumped whenever the job changes
 
 
@@ -169,7 +170,7 @@ class SimulatedCluster:
             raise ProviderError(ErrorKind.INVALID, f"no node pool {request.pool!r}", cluster=self.name)
         self._jobs[request.job_id] = _Job(
             job_id=request.job_id, spec=request.spec.model_dump() if self._state_path else {}, pool=request.pool,
-            hints=list(request.node_hints), dispatched_at=self._t,
+            hints=list(request.node_hints), dispatched_at=self._t, progress=request.progress,
         )
         self._specs[request.job_id] = request.spec
         self._gen += 1
@@ -357,7 +358,7 @@ class SimulatedCluster:
             job.nodes = [n.name for n in chosen]
             job.phase = JobPhase.RUNNING.value
             job.started_at = t
-            job.finish_at = t + max(1e-3, self._runtime(job.job_id, spec, chosen[0].gpu_type))
+            job.finish_at = t + max(1e-3, self._runtime(job.job_id, spec, chosen[0].gpu_type) * (1 - job.progress))
 
     def _spec(self, job: _Job) -> JobSpec:
         spec = self._specs.get(job.job_id)

@@ -5,14 +5,16 @@ a crash loses nothing."""
 
 from __future__ import annotations
 
+import math
+
 from spillover.placement import Action as Decide
-from spillover.placement import Plan
+from spillover.placement import Decision, Plan
 from spillover.providers.contract import ClusterProvider, DispatchRequest, ErrorKind
 from spillover.scheduler.context import FINAL_ERRORS, LoopContext, log
 from spillover.scheduler.health import POOL_ERRORS, Health
 from spillover.scheduler.model import JobState
 from spillover.scheduler.problem import TargetRef
-from spillover.scheduler.records import NewAction
+from spillover.scheduler.records import Estimate, NewAction
 from spillover.scheduler.store import Job
 from spillover.scheduler.sync import confirm_dispatch
 
@@ -27,6 +29,8 @@ class Actor:
         self._wait_signature: dict[str, tuple] = {}  # job id -> the gist of its last WAIT reason
         self._reason_at: dict[str, float] = {}  # job id -> when its reason was last written
         self.requeued = False  # a pool refused its scale-up in the last `act`: worth planning again at once
+        # a stale copy was removed after this cycle's observation: the room it leaves is seen, and used, next cycle
+        self.freed = False
 
     # ---- repair ----------------------------------------------------------------------------------
 
@@ -49,7 +53,8 @@ class Actor:
                 self._dispatch(job, provider, action.key, tuple(action.payload.get("nodes", ())),
                                action.payload.get("gpu_type"))
             elif action.kind == "cancel":
-                ctx.perform(action.key, lambda p=provider, a=action: p.cancel(a.job_id or "", a.key))
+                if ctx.perform(action.key, lambda p=provider, a=action: p.cancel(a.job_id or "", a.key)) is None:
+                    self.freed = True
             elif action.kind == "scale":
                 ctx.perform(action.key, lambda p=provider, a=action: p.scale_pool(a.pool or "",
                                                                                   int(a.payload["desired"]), a.key))
@@ -94,7 +99,7 @@ class Actor:
                 continue  # cancelled meanwhile
             if d.action == Decide.WAIT:
                 report.waiting += 1
-                self._waiting(job, d.action, d.wait_target, d.reason, now)
+                self._waiting(job, d, refs, now)
                 continue
             ref = refs[d.target or ""]
             key = f"dispatch:{job.id}:{job.attempts + 1}"
@@ -128,22 +133,27 @@ class Actor:
                 continue  # cancelled meanwhile, or sent back to the solver: its pool refused to grow
             self._dispatch(job, ctx.providers[cluster], job.dispatch_key, hints, gpu_type)
 
-    def _waiting(self, job: Job, action: Decide, wait_target: str | None, reason: str, now: float) -> None:
-        """A waiting job's reason: an event when its gist changes; the row kept fresh, but not rewritten each cycle."""
-        sig = (action, wait_target, reason.split(":")[0].split("(")[0])
+    def _waiting(self, job: Job, d: Decision, refs: dict[str, TargetRef], now: float) -> None:
+        """A waiting job's reason and estimated start: an event when its gist changes; the row kept fresh, but not
+        rewritten each cycle."""
+        reason, wait_target = d.reason, d.wait_target
+        sig = (d.action, wait_target, reason.split(":")[0].split("(")[0])
         new = self._wait_signature.get(job.id) != sig
         self._wait_signature[job.id] = sig
         if job.reason == reason:
             return
         if new or now - self._reason_at.get(job.id, -1e18) >= REASON_REFRESH_S:
-            self.ctx.set_reason(job, reason, now=now, event_kind="waiting" if new else None)
+            ref = refs.get(wait_target or "")
+            start = now + d.start_h * 3600.0 if ref is not None and math.isfinite(d.start_h) else None
+            estimate = Estimate(start, ref.cluster if ref is not None else None, d.pending)
+            self.ctx.set_reason(job, reason, now=now, event_kind="waiting" if new else None, estimate=estimate)
             self._reason_at[job.id] = now
 
     def _dispatch(self, job: Job, provider: ClusterProvider, key: str, hints: tuple[str, ...],
                   gpu_type: str | None = None) -> None:
         ctx = self.ctx
         req = DispatchRequest(job_id=job.id, request_id=key, spec=job.spec, pool=job.pool, node_hints=hints,
-                              gpu_type=gpu_type)
+                              gpu_type=gpu_type, progress=job.progress)
 
         def call() -> None:
             provider.dispatch(req)

@@ -16,7 +16,7 @@ from spillover.scheduler.journal import Journal
 from spillover.scheduler.metrics import NULL_METRICS, NullMetrics
 from spillover.scheduler.model import JobState
 from spillover.scheduler.state import WorkingState
-from spillover.scheduler.records import ActionDone, Job, NewAction, NewEvent
+from spillover.scheduler.records import ActionDone, Estimate, Job, NewAction, NewEvent
 from spillover.scheduler.store import Store
 
 log = logging.getLogger("spillover.loop")
@@ -38,6 +38,7 @@ class CycleReport:
     scaled: list[str] = field(default_factory=list)
     finished: int = 0
     interrupted: int = 0
+    preempted: int = 0  # running jobs stopped to hand their GPUs back
     solved: bool = False
     problem: PlacementProblem | None = None
     plan: Plan | None = None
@@ -76,10 +77,11 @@ class LoopContext:
                          from_state=job.state.value, to_state=to.value)
         return self.journal.change(job, after, at=now, event=event, intents=intents, done=done)
 
-    def set_reason(self, job: Job, reason: str, *, now: float, event_kind: str | None = None) -> Job:
-        """A waiting job's reason (and an event, when `event_kind` is given)."""
+    def set_reason(self, job: Job, reason: str, *, now: float, event_kind: str | None = None,
+                   estimate: Estimate = Estimate()) -> Job:
+        """A waiting job's reason and estimated start (and an event, when `event_kind` is given)."""
         event = NewEvent(at=now, kind=event_kind, message=reason, job_id=job.id) if event_kind else None
-        return self.journal.reason(job, reason, at=now, event=event)
+        return self.journal.reason(job, reason, at=now, event=event, estimate=estimate)
 
     def take_off_cluster(self, job: Job, now: float, message: str, *, kind: str = "state",
                          to: JobState = JobState.PENDING, dispatch_error: str | None = None,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from spillover.scheduler.state import WorkingState
-from spillover.scheduler.records import (Action, ActionDone, Batch, ClusterHealth, Job, JobWrite, LedgerEntry, NewAction,
-                               NewEvent, PoolHealth)
+from spillover.scheduler.records import (Action, ActionDone, Batch, ClusterHealth, Estimate, Job, JobWrite,
+                                         LedgerEntry, NewAction, NewEvent, PoolHealth)
 from spillover.scheduler.store import Store
 
 
@@ -42,16 +42,19 @@ class Journal:
         self.state.put(after)
         return after
 
-    def reason(self, job: Job, reason: str, *, at: float, event: NewEvent | None = None) -> Job:
-        """A waiting job's new reason: no compare-and-set, the row is rewritten only if the job still waits."""
-        after = job.evolve(reason=reason)
+    def reason(self, job: Job, reason: str, *, at: float, event: NewEvent | None = None,
+               estimate: Estimate = Estimate()) -> Job:
+        """A waiting job's new reason and estimated start: no compare-and-set, the row is rewritten only if the job
+        still waits."""
+        after = job.evolve(reason=reason, est_start_at=estimate.start_at, est_place=estimate.place,
+                           pending=estimate.pending)
         w = self.batch.jobs.get(job.id)
         if w is not None:  # changed otherwise too before the commit: the reason goes with that row
             w.job = after
             if event is not None:
                 w.events.append(event)
         else:
-            self.batch.reasons[job.id] = (reason, at)
+            self.batch.reasons[job.id] = (reason, at, estimate)
             if event is not None:
                 self.batch.events.append(event)
         self.state.put(after)

@@ -32,6 +32,7 @@ from spillover.scheduler.context import ACTIVE, CycleReport, LoopContext, log
 from spillover.scheduler.health import Health, summarize_signals
 from spillover.scheduler.metrics import NULL_METRICS, NullMetrics
 from spillover.scheduler.model import JobSpec, JobState
+from spillover.scheduler.preempt import Preemption
 from spillover.scheduler.problem import ProblemBuilder, Snapshot
 from spillover.scheduler.scaledown import ScaleDown
 from spillover.scheduler.store import Job, Store, new_jobs
@@ -66,6 +67,7 @@ class ControlLoop:
         self.problems = ProblemBuilder(config)
         self.teams = TeamState(config)
         self.ctx.on_ledger = self.teams.ledger
+        self.preemption = Preemption(self.ctx)
         # Re-plan at least this often while jobs wait, even when nothing changed. The simulator may set it
         # to infinity when runtimes are exact, since then time alone changes no decision but a plan's revisit.
         self.resolve_every_s = RESOLVE_EVERY_S
@@ -90,6 +92,8 @@ class ControlLoop:
         ctx.report = report = CycleReport(at=self.clock.now())
         if ctx.state.refresh(self.store, ctx.journal.batch.jobs):  # 0. refresh
             ctx.dirty = True
+        if self.actor.freed:
+            self.actor.freed, ctx.dirty = False, True
         states = self.health.observe()  # 1. observe
         self.sync.fold(states)  # 2. sync
         self.accrual.step(states)
@@ -129,10 +133,11 @@ class ControlLoop:
         active = ctx.state.active()
         teams = None
         if self.teams.enabled:
-            teams = self.teams.view(self.store, now, active, states, ctx.state.marks)
+            teams = self.teams.view(self.store, now, active, states, ctx.state.marks, pending)
             for kind, message in self.teams.announcements(teams.statuses):
                 log.warning("%s", message)
                 ctx.event(kind, message, now=now)
+        report.preempted = self.preemption.step(states, pending, teams)
         snap = Snapshot(now=now, states=states, pending=pending, active=active,
                         cooling_pools=self.health.cooling_pools(now), avoid=self._avoid_now(now, pending), teams=teams)
         problem, refs = self.problems.build(snap)

@@ -147,7 +147,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot,
     jobs = tuple(
         JobDemand(
             id=j.id, gpus=j.spec.gpus, nodes=j.spec.nodes, cpu=j.spec.cpu, memory_gib=j.spec.memory_gib,
-            gpu_types=frozenset(j.spec.gpu_types), runtime_h=j.spec.estimated_runtime_s / 3600.0,
+            gpu_types=frozenset(j.spec.gpu_types), runtime_h=j.remaining_s / 3600.0,
             value_of_time=config.value_of_time(j.queue, j.spec.total_gpus), priority=j.priority,
             checkpointable=j.spec.checkpointable, waited_h=max(0.0, snap.now - j.submitted_at) / 3600.0,
             allowed_targets=(frozenset(t for t, ref in refs.items() if ref.cluster not in snap.avoid[j.id])
@@ -201,7 +201,7 @@ def _releases(running: list[tuple[Job, tuple[str, ...], float]], now: float,
     for job, nodes, started_at in running:
         spec = job.spec
         speed = speeds.get(job.gpu_type, 1.0) if job.gpu_type else 1.0
-        at_h = max(OVERDUE_GRACE_H, (started_at + spec.estimated_runtime_s / speed - now) / 3600.0)
+        at_h = max(OVERDUE_GRACE_H, (started_at + job.remaining_s / speed - now) / 3600.0)
         gpus, cpu, mem = spec.gpus, spec.cpu, spec.memory_gib
         for n in nodes:
             out.append(Release(at_h, n, gpus, cpu, mem))

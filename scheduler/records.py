@@ -14,6 +14,18 @@ from spillover.scheduler.model import JobSpec, JobState
 from spillover.scheduler.tables import ActionRow
 
 
+class Estimate(NamedTuple):
+    """When and where a waiting job is expected to start, and what holds it back."""
+
+    start_at: float | None = None
+    place: str | None = None
+    pending: str = ""
+
+
+# A job stopped past its estimate has not finished: it keeps some work to do.
+MAX_PROGRESS = 0.95
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as read from the store."""
@@ -37,6 +49,10 @@ class Job:
     finished_at: float | None
     interruptions: int = 0  # times its node was taken away under it (spot reclaims, lost nodes)
     avoid: tuple[tuple[str, float], ...] = ()  # (cluster, until): not to be sent back there before then
+    progress: float = 0.0  # fraction of its work done before a preemption or interruption (checkpointable jobs)
+    est_start_at: float | None = None  # while pending: when the plan expects it to start
+    est_place: str | None = None  # ... and on which cluster
+    pending: str = ""  # ... and what holds it back: quota, budget, capacity, policy or cost
 
     @cached_property
     def spec(self) -> JobSpec:
@@ -57,6 +73,20 @@ class Job:
         new.__dict__.update(changes)
         return new
 
+    def progress_at(self, now: float, speed: float) -> float:
+        """The fraction of its work done were it stopped at `now`: a checkpointable job keeps what it ran (at its GPU
+        type's `speed`), capped short of done; any other job starts over."""
+        spec = self.spec
+        if not spec.checkpointable or self.started_at is None or spec.estimated_runtime_s <= 0:
+            return self.progress
+        ran = max(0.0, now - self.started_at) * speed / spec.estimated_runtime_s
+        return min(MAX_PROGRESS, self.progress + ran)
+
+    @property
+    def remaining_s(self) -> float:
+        """Estimated runtime left on the reference GPU."""
+        return self.spec.estimated_runtime_s * (1 - self.progress)
+
     def avoided(self, now: float) -> set[str]:
         """Clusters the job must not be sent to at `now`."""
         return {c for c, until in self.avoid if until > now}
@@ -67,7 +97,8 @@ class Job:
         return Job(row.id, row.name, row.queue, row.team, row.spec, row.gpus, row.priority, JobState(row.state),
                    row.cluster, row.pool, row.gpu_type, row.reason, row.attempts, row.submitted_at,
                    row.dispatched_at, row.started_at, row.finished_at, row.interruptions or 0,
-                   tuple(sorted(avoid.items())))
+                   tuple(sorted(avoid.items())), row.progress or 0.0, row.est_start_at, row.est_place,
+                   row.pending or "")
 
 
 _JOB_FIELDS = frozenset(Job.__dataclass_fields__)
@@ -226,8 +257,8 @@ class Batch:
     pools: dict[str, PoolHealth] = field(default_factory=dict)
     ledger: list[LedgerEntry] = field(default_factory=list)
     marks: dict[tuple[str, str], float | None] = field(default_factory=dict)  # (cluster, node) -> until; None: gone
-    # a waiting job's reason, rewritten only while it is still pending: job id -> (reason, at)
-    reasons: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # a waiting job's reason, rewritten only while it is still pending: job id -> (reason, at, estimate)
+    reasons: dict[str, tuple[str, float, Estimate]] = field(default_factory=dict)
 
     new_jobs: list[tuple[Job, NewEvent]] = field(default_factory=list)  # submitted through the loop
 

@@ -318,8 +318,9 @@ class Store:
             _MARK_UPSERT.many(conn, [dict(cluster=c, node=n, until=u) for (c, n), u in batch.marks.items()
                                      if u is not None])
             _MARK_DELETE.many(conn, [dict(c=c, n=n) for (c, n), u in batch.marks.items() if u is None])
-            _REASON.many(conn, [dict(r=r, at=at, id=jid, pending=JobState.PENDING.value)
-                                for jid, (r, at) in batch.reasons.items()
+            _REASON.many(conn, [dict(r=r, at=at, id=jid, pending=JobState.PENDING.value, es=est.start_at,
+                                     ep=est.place, pk=est.pending)
+                                for jid, (r, at, est) in batch.reasons.items()
                                 if jid not in batch.jobs and jid not in failed])
         return failed
 
@@ -497,7 +498,8 @@ class Store:
 _LEDGER_KEYS = {"cloud": LedgerRow.cloud, "cluster": LedgerRow.cluster, "pool": LedgerRow.pool,
                 "queue": LedgerRow.queue, "team": LedgerRow.team, "job": LedgerRow.job_id}
 _JOB_COLUMNS = ("state", "cluster", "pool", "gpu_type", "reason", "attempts", "dispatched_at", "started_at",
-                "finished_at", "interruptions", "avoid", "updated_at")
+                "finished_at", "interruptions", "avoid", "updated_at", "progress", "est_start_at", "est_place",
+                "pending")
 _jt = JobRow.__table__
 _et = EventRow.__table__
 _at = ActionRow.__table__
@@ -510,7 +512,8 @@ _EVENTS_AFTER = Compiled(select(_et.c.id, _et.c.job_id, _et.c.to_state).where(_e
 _ACTION_DONE = Compiled(update(_at).where(_at.c.key == bindparam("k"))
                         .values(status=bindparam("st"), done_at=bindparam("at"), error=bindparam("err")))
 _REASON = Compiled(update(_jt).where(_jt.c.id == bindparam("id"), _jt.c.state == bindparam("pending"))
-                   .values(reason=bindparam("r"), updated_at=bindparam("at")))
+                   .values(reason=bindparam("r"), updated_at=bindparam("at"), est_start_at=bindparam("es"),
+                           est_place=bindparam("ep"), pending=bindparam("pk")))
 _ACTION_COLUMNS = ["key", "kind", "job_id", "cluster", "pool", "payload", "status", "created_at", "error"]
 _lt = LeadershipRow.__table__
 _FENCE = Compiled(update(_lt).where(_lt.c.name == bindparam("n"), _lt.c.epoch == bindparam("e"))
@@ -556,7 +559,8 @@ def _insert_jobs(conn: Any, made: list[tuple[Job, NewEvent]]) -> None:
         dict(id=j.id, name=j.name, queue=j.queue, team=j.team, spec=j.spec_json, gpus=j.gpus, priority=j.priority,
              state=j.state.value, cluster=None, pool=None, gpu_type=None, reason=j.reason, attempts=0,
              submitted_at=j.submitted_at, dispatched_at=None, started_at=None, finished_at=None,
-             updated_at=j.submitted_at, interruptions=0, avoid="{}") for j, _ in made])
+             updated_at=j.submitted_at, interruptions=0, avoid="{}", progress=0.0, est_start_at=None,
+             est_place=None, pending="") for j, _ in made])
     _EVENT_INSERT.many(conn, [vars(e) for _, e in made])
 
 
@@ -566,7 +570,8 @@ def _job_params(w: JobWrite) -> dict[str, Any]:
             "b_pool": j.pool, "b_gpu_type": j.gpu_type, "b_reason": j.reason, "b_attempts": j.attempts,
             "b_dispatched_at": j.dispatched_at, "b_started_at": j.started_at, "b_finished_at": j.finished_at,
             "b_interruptions": j.interruptions, "b_avoid": json.dumps(dict(j.avoid), sort_keys=True),
-            "b_updated_at": w.at}
+            "b_updated_at": w.at, "b_progress": j.progress, "b_est_start_at": j.est_start_at,
+            "b_est_place": j.est_place, "b_pending": j.pending}
 
 
 def _ledger_rows(entries: Iterable[LedgerEntry]) -> list[tuple]:

@@ -116,7 +116,8 @@ class PassiveSync:
         self.ctx.take_off_cluster(
             job, now, f"{why} on {job.cluster}{'/' + pool if pool else ''}; requeued"
                       + (" to resume from its checkpoint" if job.spec.checkpointable else ""), kind="interrupted",
-            dispatch_done=True, interruptions=job.interruptions + 1)
+            dispatch_done=True, interruptions=job.interruptions + 1,
+            progress=job.progress_at(now, self.ctx.config.speed(job.gpu_type) if job.gpu_type else 1.0))
         self.ctx.dirty = True
         return True
 

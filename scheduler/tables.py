@@ -39,6 +39,12 @@ class JobRow(Base):
     # clusters it must not go back to until a time ({cluster: until}, JSON)
     interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     avoid: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    # fraction of its work a checkpointable job has done before it was preempted or interrupted
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # a waiting job's estimated start (epoch seconds), where, and the tier of its reason (quota, budget, ...)
+    est_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    est_place: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    pending: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class EventRow(Base):

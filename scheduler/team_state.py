@@ -35,7 +35,7 @@ class TeamState:
         return bool(self.lines or self.quota_teams or self.config.teams)
 
     def view(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
-             marks: dict[str, dict[str, float]]) -> TeamView:
+             marks: dict[str, dict[str, float]], pending: Iterable[Job] = ()) -> TeamView:
         """Everything one decision needs of the teams, as of `now`."""
         by_type, by_team = onprem_held(self.config, active)
         if self.config.teams:
@@ -44,7 +44,7 @@ class TeamState:
             else:
                 self.advance_usage(now, by_team)
         statuses = self.budget_status(store, now, active, states, marks)
-        return TeamView(self, statuses, self.quotas(by_type) if self.quota_teams else ())
+        return TeamView(self, statuses, self.quotas(by_type, pending) if self.quota_teams else ())
 
     # ---- budgets ---------------------------------------------------------------------------------
 
@@ -86,7 +86,7 @@ class TeamState:
                 continue
             spec = j.spec
             speed = cfg.speed(j.gpu_type) if j.gpu_type else 1.0
-            run_s = spec.estimated_runtime_s / speed
+            run_s = j.remaining_s / speed
             if isinstance(cluster, CloudCluster):
                 pool = next((p for p in cluster.pools if p.name == j.pool), None)
                 if pool is None:
@@ -133,15 +133,27 @@ class TeamState:
 
     # ---- quotas and fair share -------------------------------------------------------------------
 
-    def quotas(self, held: dict[tuple[str, str], int]) -> tuple[Quota, ...]:
-        """The teams' on-prem quotas, with the GPUs of each type their jobs hold now."""
-        onprem_types = {g.gpu_type for c in self.config.onprem_clusters for g in c.node_groups}
+    def quotas(self, held: dict[tuple[str, str], int], pending: Iterable[Job] = ()) -> tuple[Quota, ...]:
+        """The teams' on-prem quotas, with the GPUs of each type their jobs hold now. A team lends none of its idle
+        quota that its own waiting jobs could use: what it takes back is not lent out again meanwhile."""
+        onprem_types = sorted({g.gpu_type for c in self.config.onprem_clusters for g in c.node_groups})
+        wanted: dict[tuple[str, str], int] = {}
+        for j in pending:
+            for gpu_type in (t for t in onprem_types if not j.spec.gpu_types or t in j.spec.gpu_types):
+                wanted[(j.team, gpu_type)] = wanted.get((j.team, gpu_type), 0) + j.spec.total_gpus
         out = []
         for t in self.quota_teams:
-            for gpu_type in sorted(onprem_types):
+            for gpu_type in onprem_types:
                 q = (t.quota or {}).get(gpu_type)
-                out.append(Quota(t.name, gpu_type, q.nominal if q else 0, held.get((t.name, gpu_type), 0),
-                                 q.borrowing_limit if q else None, q.lending_limit if q else None, t.cohort))
+                nominal = q.nominal if q else 0
+                used = held.get((t.name, gpu_type), 0)
+                lending = q.lending_limit if q else None
+                want = wanted.get((t.name, gpu_type), 0)
+                if want:
+                    spare = max(0, nominal - used - want)
+                    lending = spare if lending is None else min(lending, spare)
+                out.append(Quota(t.name, gpu_type, nominal, used, q.borrowing_limit if q else None, lending,
+                                 t.cohort))
         return tuple(out)
 
     def placed_budgets(self, statuses: list[BudgetStatus]) -> tuple[PlacedBudget, ...]:
