@@ -441,20 +441,15 @@ class Store:
 
     def ledger_totals(self, by: str, *, since: float | None = None, until: float | None = None,
                       team: str | None = None) -> list[tuple[str, float, float, float]]:
-        """(key, node-hours, GPU-hours, dollars) grouped by cloud, cluster, pool, queue, team or job; with `team`,
-        only that team's rows (idle node time belongs to no team)."""
-        column = {"cloud": LedgerRow.cloud, "cluster": LedgerRow.cluster, "pool": LedgerRow.pool,
-                  "queue": LedgerRow.queue, "team": LedgerRow.team, "job": LedgerRow.job_id}[by]
-        q = select(column, func.sum(LedgerRow.node_hours), func.sum(LedgerRow.gpu_hours), func.sum(LedgerRow.usd))
-        if since is not None:
-            q = q.where(LedgerRow.bucket >= since)
-        if until is not None:
-            q = q.where(LedgerRow.bucket < until)
-        if team is not None:
-            q = q.where(LedgerRow.team == team)
-        q = q.group_by(column).order_by(func.sum(LedgerRow.usd).desc())
-        with self._read() as s:
-            return [(k or "", float(nh or 0), float(gh or 0), float(usd or 0)) for k, nh, gh, usd in s.execute(q)]
+        """(key, node-hours, GPU-hours, dollars) grouped by cloud, cluster, pool, queue, team or job, dearest first;
+        with `team`, only that team's rows (idle node time belongs to no team)."""
+        totals: dict[str, list[float]] = {}
+        for _b, key, _c, _cl, _idle, nh, gh, usd in self.ledger_sums(by, since=since, until=until, team=team):
+            t = totals.setdefault(key, [0.0, 0.0, 0.0])
+            t[0] += nh
+            t[1] += gh
+            t[2] += usd
+        return sorted(((k, *v) for k, v in totals.items()), key=lambda r: -r[3])  # type: ignore[misc]
 
     def ledger_sums(self, by: str, *, since: float | None = None, until: float | None = None,
                     team: str | None = None, per_bucket: bool = False
