@@ -235,6 +235,8 @@ def test_watch_from_a_resource_version_sees_later_events(kube, core, batch):
     namespace(core, "q")
     rv = batch.list_namespaced_job("q").metadata.resource_version
     batch.create_namespaced_job("q", job("w1", runtime=0.5))
+    # the job controller makes the pod asynchronously; delete only once it exists, so its watch has both ends
+    wait_for(lambda: pods_of(core, "q", "w1"))
     batch.delete_namespaced_job("w1", "q", propagation_policy="Background")
 
     seen = [(e["type"], e["object"].metadata.name)
