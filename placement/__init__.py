@@ -9,6 +9,7 @@ from spillover.placement.solve import solve
 from spillover.placement.types import (
     Action,
     Budget,
+    CloudCap,
     Decision,
     JobDemand,
     Node,
@@ -23,6 +24,7 @@ from spillover.placement.types import (
 __all__ = [
     "Action",
     "Budget",
+    "CloudCap",
     "Decision",
     "Forecast",
     "JobDemand",

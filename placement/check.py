@@ -158,7 +158,7 @@ def _limit_violations(problem: PlacementProblem, plan: Plan) -> list[str]:
     """Quotas a plan takes more of than its team may hold or borrow, and budgets its bursts overspend. Only what
     the plan adds counts: capacity held before it (and handed back by preemption) is not the plan's doing."""
     policy = problem.policy
-    if not (policy.quotas or policy.budgets):
+    if not policy.team_limits:
         return []
     targets = {t.id: t for t in problem.targets}
     quota = {(q.team, q.gpu_type): q for q in policy.quotas}
@@ -166,6 +166,8 @@ def _limit_violations(problem: PlacementProblem, plan: Plan) -> list[str]:
     used = {k: q.used for k, q in quota.items()}
     added: set[tuple[str, str]] = set()
     spent = {b.id: 0.0 for b in policy.budgets}
+    caps = {c.team: c for c in policy.cloud_caps}
+    cloud_added = {c.team: 0 for c in policy.cloud_caps}
     out = []
     for job, d in zip(problem.jobs, plan.decisions):
         t = targets.get(d.target or "")
@@ -179,6 +181,8 @@ def _limit_violations(problem: PlacementProblem, plan: Plan) -> list[str]:
             used[key] += job.total_gpus
             added.add(key)
         elif t.kind == "cloud":
+            if job.team in caps:
+                cloud_added[job.team] += job.total_gpus
             for b in policy.budgets:
                 if b.id in job.budgets and (b.cloud is None or b.cloud == t.cloud):
                     spent[b.id] += run_cost(job, t)
@@ -201,6 +205,10 @@ def _limit_violations(problem: PlacementProblem, plan: Plan) -> list[str]:
                                max(0, m.nominal - min(m.used, used[(m.team, gpu_type)]))) for m in members)
             if borrowed > lendable:
                 out.append(f"cohort {q.cohort} borrows {borrowed} {gpu_type} GPUs, {lendable} are idle to lend")
+    for team, added_gpus in sorted(cloud_added.items()):
+        c = caps[team]
+        if added_gpus and c.used + added_gpus > c.gpus:
+            out.append(f"team {team} holds {c.used + added_gpus} cloud GPUs, over its cap of {c.gpus}")
     for b in policy.budgets:
         if spent[b.id] > b.room + 1e-6:
             out.append(f"bursts cost ${spent[b.id]:,.2f} against budget {b.id}, which has ${b.room:,.2f} left")

@@ -62,7 +62,7 @@ class Option:
 class Blocked:
     """Why a job has no run-now option at all."""
 
-    kind: str  # "nothing-fits" | "cap" | "pool-limit" | "full" | "budget" | "quota"
+    kind: str  # "nothing-fits" | "cap" | "pool-limit" | "full" | "budget" | "quota" | "team-cap"
     detail: str  # target names or numbers for the reason
 
 
@@ -125,7 +125,7 @@ class Ledger:
         self.new_gpus = 0
         self.binding: dict[int, tuple[int, tuple[str, ...]]] = {}
         # team quotas and budgets taken so far, when the problem has any
-        self.limits = Limits(problem) if self.policy.quotas or self.policy.budgets else None
+        self.limits = Limits(problem) if self.policy.team_limits else None
         # What depends on the problem alone is shared by every ledger of it (see `_Static`).
         self._feasible = st.feasible
         self._top = [0] * n_targets  # most GPUs left on any node of the target (a bound)
@@ -539,9 +539,10 @@ class Ledger:
             onprem = [ti for ti in ts if self.targets[ti].kind == "onprem"]
             quota = [ti for ti in onprem if held.get(ti) == "quota"]
             words = [lim.detail(job, "quota", self.targets[quota[0]])] if quota else []
-            if clouds and all(held.get(ti) == "budget" for ti in clouds):
+            if clouds and all(held.get(ti) in ("budget", "team-cap") for ti in clouds):
                 cheapest = min(clouds, key=lambda ti: run_cost(job, self.targets[ti]))
-                return Blocked("budget", "; ".join([lim.detail(job, "budget", self.targets[cheapest]), *words]))
+                kind = "team-cap" if held[cheapest] == "team-cap" else "budget"
+                return Blocked(kind, "; ".join([lim.detail(job, kind, self.targets[cheapest]), *words]))
             if quota:
                 rest = self._capacity_blocked(job, ts)
                 cloud = {"cap": f"the cloud GPU cap of {self.policy.max_cloud_gpus} is reached",

@@ -1,4 +1,4 @@
-"""Team quotas and dollar budgets as the ledger sees them: what a plan has taken of each, and whether one more job
+"""Team quotas, dollar budgets and team cloud GPU caps as the ledger sees them: what a plan has taken of each, and whether one more job
 fits inside them."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ EPS = 1e-9
 
 
 class Limits:
-    """Usage of every team's quota per GPU type and of every budget, as jobs are bound and unbound."""
+    """Usage of every team's quota per GPU type, of every budget and of every team cloud cap, as jobs are bound and
+    unbound."""
 
     def __init__(self, problem: PlacementProblem) -> None:
         policy = problem.policy
@@ -23,17 +24,22 @@ class Limits:
                 self.members.setdefault((q.cohort, q.gpu_type), []).append(q.team)
         self.budgets = {b.id: b for b in policy.budgets}
         self.spent = {b.id: 0.0 for b in policy.budgets}
+        self.caps = {c.team: c.gpus for c in policy.cloud_caps}
+        self.cloud_used = {c.team: c.used for c in policy.cloud_caps}
 
     def limits(self, job: JobDemand) -> bool:
         """Whether anything here can hold `job` back."""
-        return job.team in self.quota_teams or bool(job.budgets)
+        return job.team in self.quota_teams or bool(job.budgets) or job.team in self.caps
 
     def blocks(self, job: JobDemand, t: Target) -> str | None:
-        """"quota" or "budget" when running `job` on `t` would go past one; None when it fits."""
+        """"quota", "budget" or "team-cap" when running `job` on `t` would go past one; None when it fits."""
         if t.kind == "onprem":
             if job.team in self.quota_teams and not self._quota_admits(job.team, t.gpu_type, job.total_gpus):
                 return "quota"
             return None
+        cap = self.caps.get(job.team or "")
+        if cap is not None and self.cloud_used[job.team or ""] + job.total_gpus > cap:
+            return "team-cap"
         if job.budgets:
             cost = run_cost(job, t)
             for bid in job.budgets:
@@ -70,6 +76,8 @@ class Limits:
             if key in self.used:
                 self.used[key] += sign * job.total_gpus
             return
+        if job.team in self.caps:
+            self.cloud_used[job.team or ""] += sign * job.total_gpus
         if job.budgets:
             cost = run_cost(job, t)
             for bid in job.budgets:
@@ -86,6 +94,10 @@ class Limits:
             used = self.used[(job.team or "", t.gpu_type)]
             return (f"team {job.team} holds {used} of its {q.nominal} {t.gpu_type} GPUs"
                     + ("" if q.cohort is None else f" and its cohort {q.cohort} has none idle to lend"))
+        if kind == "team-cap":
+            team = job.team or ""
+            return (f"team {team} holds {self.cloud_used[team]} of its {self.caps[team]} cloud GPUs, "
+                    f"the job needs {job.total_gpus}")
         cost = run_cost(job, t)
         for bid in job.budgets:
             b = self.budgets.get(bid)

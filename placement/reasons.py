@@ -67,7 +67,7 @@ def pending_kind(alt: Option | None, blocked: Blocked | None) -> str:
         return "cost"
     if blocked is None:
         return "capacity"
-    return {"quota": "quota", "budget": "budget", "cap": "policy"}.get(blocked.kind, "capacity")
+    return {"quota": "quota", "budget": "budget", "cap": "policy", "team-cap": "policy"}.get(blocked.kind, "capacity")
 
 
 def waiting(
@@ -97,6 +97,8 @@ def waiting(
         return f"waiting on-prem: budget exhausted ({blocked.detail}){later}"
     if blocked.kind == "quota":
         return f"waiting: over quota ({blocked.detail}){later}"
+    if blocked.kind == "team-cap":
+        return f"waiting on-prem: team cloud GPU cap reached ({blocked.detail}){later}"
     if blocked.kind == "pool-limit":
         return f"waiting: no new nodes left in {blocked.detail}{later}"
     types = ", ".join(sorted(job.gpu_types)) if job.gpu_types else "any"

@@ -39,7 +39,7 @@ def solve(problem: PlacementProblem) -> Plan:
     if problem.jobs and len(problem.jobs) * len(problem.targets) <= CPSAT_MAX_PAIRS:
         proof = proven_optimal(problem, greedy.objective)
         # the enumeration knows nothing of quotas and budgets; the bound, a relaxation of them, still holds
-        sole = SOLE_OPTIMUM and not (policy.quotas or policy.budgets)
+        sole = SOLE_OPTIMUM and not policy.team_limits
         if proof is not None or (sole and sole_optimum(problem, greedy)):
             # Every plan costs at least the objective (the bound meets it, or every other plan costs more): no
             # bound can be tighter. A plan that is the only optimum is also what the search would return.
@@ -51,7 +51,7 @@ def solve(problem: PlacementProblem) -> Plan:
         settled, _ = cpsat_settled(problem, greedy, time_limit_s=max(0.0, left))
     else:
         settled, _ = cpsat_settled(problem, greedy)
-    if (policy.quotas or policy.budgets) and settled.status == "optimal":
+    if policy.team_limits and settled.status == "optimal":
         # CP-SAT's model leaves quotas and budgets to the ledger that binds its answer: optimal for the model only
         settled = settled.tagged("feasible")
     obj = settled.objective

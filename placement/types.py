@@ -128,6 +128,15 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class CloudCap:
+    """At most `gpus` GPUs of one team's jobs in the cloud at once; `used` is what its jobs hold there now."""
+
+    team: str
+    gpus: int
+    used: int = 0
+
+
+@dataclass(frozen=True)
 class Policy:
     """Whole-queue limits and weights, and how long the search may go on.
 
@@ -161,6 +170,12 @@ class Policy:
     compute_bound: bool = True
     quotas: tuple[Quota, ...] = ()  # on-prem GPU quotas of teams (see `Quota`)
     budgets: tuple[Budget, ...] = ()  # dollar limits on cloud runs (see `Budget`)
+    cloud_caps: tuple[CloudCap, ...] = ()  # per-team caps on cloud GPUs (see `CloudCap`)
+
+    @property
+    def team_limits(self) -> bool:
+        """Whether any quota, budget or team cap holds jobs back: the ledger then checks each binding."""
+        return bool(self.quotas or self.budgets or self.cloud_caps)
 
 
 @dataclass(frozen=True)

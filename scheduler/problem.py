@@ -166,6 +166,7 @@ def build_problem(config: SpilloverConfig, snap: Snapshot,
             time_limit_s=config.loop.solver_time_limit_s, work_limit=config.loop.solver_work_limit,
             compute_bound=config.loop.solver_bound,
             quotas=teams.quotas if teams is not None else (), budgets=teams.budgets if teams is not None else (),
+            cloud_caps=teams.cloud_caps if teams is not None else (),
         ),
     )
     return problem, refs

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from spillover.placement import Budget as PlacedBudget
-from spillover.placement import Quota
+from spillover.placement import CloudCap, Quota
 from spillover.providers.contract import ClusterState, JobPhase
 from spillover.scheduler.budgets import ONPREM, BudgetBook, BudgetStatus, budget_lines, lines_of
 from spillover.scheduler.config import CloudCluster, SpilloverConfig
@@ -23,6 +23,7 @@ class TeamState:
         self.lines = budget_lines(config)
         self.book = BudgetBook(self.lines)
         self.quota_teams = [t for t in config.teams if t.quota is not None]
+        self.capped_teams = [t for t in config.teams if t.max_cloud_gpus is not None]
         self.weights = {t.name: t.weight for t in config.teams}
         self.half_life_s = config.fair_share.half_life_s
         self.usage: dict[str, float] = {}  # team -> on-prem GPU-hours, decayed to `usage_at`
@@ -44,7 +45,8 @@ class TeamState:
             else:
                 self.advance_usage(now, by_team)
         statuses = self.budget_status(store, now, active, states, marks)
-        return TeamView(self, statuses, self.quotas(by_type, pending) if self.quota_teams else ())
+        caps = self.cloud_caps(active) if self.capped_teams else ()
+        return TeamView(self, statuses, self.quotas(by_type, pending) if self.quota_teams else (), caps)
 
     # ---- budgets ---------------------------------------------------------------------------------
 
@@ -156,6 +158,16 @@ class TeamState:
                                  t.cohort))
         return tuple(out)
 
+    def cloud_caps(self, active: Iterable[Job]) -> tuple[CloudCap, ...]:
+        """The teams' cloud GPU caps, with the GPUs their jobs hold (or are on their way to) in the cloud now."""
+        clouds = {c.name for c in self.config.cloud_clusters}
+        held: dict[str, int] = {}
+        for j in active:
+            if j.cluster in clouds:
+                held[j.team] = held.get(j.team, 0) + j.spec.total_gpus
+        return tuple(CloudCap(t.name, t.max_cloud_gpus, held.get(t.name, 0)) for t in self.capped_teams
+                     if t.max_cloud_gpus is not None)
+
     def placed_budgets(self, statuses: list[BudgetStatus]) -> tuple[PlacedBudget, ...]:
         return tuple(PlacedBudget(s.line.id, s.room, s.line.cloud) for s in statuses)
 
@@ -207,10 +219,12 @@ def _period_name(s: BudgetStatus) -> str:
 class TeamView:
     """What one decision needs of the teams: quotas with their use, budgets with their room, each job's fields."""
 
-    def __init__(self, state: TeamState, statuses: list[BudgetStatus], quotas: tuple[Quota, ...]) -> None:
+    def __init__(self, state: TeamState, statuses: list[BudgetStatus], quotas: tuple[Quota, ...],
+                 cloud_caps: tuple[CloudCap, ...] = ()) -> None:
         self.state = state
         self.statuses = statuses
         self.quotas = quotas
+        self.cloud_caps = cloud_caps
         self.budgets = state.placed_budgets(statuses)
         self.fair = bool(state.config.teams)
 
@@ -218,7 +232,7 @@ class TeamView:
         """JobDemand fields of a pending job: its team, the budgets it spends against, its team's fair share."""
         st = self.state
         out: dict = {}
-        if self.quotas or self.fair:
+        if self.quotas or self.fair or self.cloud_caps:
             out["team"] = job.team
         if self.fair:
             out["share"] = st.share(job.team)

@@ -99,6 +99,8 @@ class TeamConfig(_Model):
         default=None, description="on-prem GPUs per GPU type; a type not listed has nominal 0 (borrow only); "
         "null: no quota, the team may use any free on-prem GPU")
     budget: Budget | None = Field(default=None, description="dollars per period; null: no budget")
+    max_cloud_gpus: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="GPUs the team's jobs may hold in the cloud at once; null: only the policy's cap")
 
 
 class FairShare(_Model):

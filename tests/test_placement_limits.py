@@ -1,5 +1,5 @@
-"""Team quotas and dollar budgets in the solver: a team holds no more on-prem GPUs than its quota and what its
-cohort lends, and its bursts stay inside its budget, whichever solver finds the plan."""
+"""Team quotas, dollar budgets and cloud GPU caps in the solver: a team holds no more on-prem GPUs than its quota and
+what its cohort lends, and its bursts stay inside its budget and its cap, whichever solver finds the plan."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from spillover.placement import Action, JobDemand, Node, PlacementProblem, Policy, Target, check_plan, solve
 from spillover.placement.greedy import solve_greedy
-from spillover.placement.types import Budget, Quota
+from spillover.placement.types import Budget, CloudCap, Quota
 
 
 def onprem(free_nodes: int = 4) -> Target:
@@ -79,6 +79,18 @@ def test_a_team_over_its_budget_waits_on_prem_and_says_why():
     assert all(a is Action.BURST for a, _ in decided(other).values())
 
 
+@pytest.mark.parametrize("solver", [solve, solve_greedy])
+def test_a_team_at_its_cloud_gpu_cap_waits_and_others_still_burst(solver):
+    jobs = (job("a1", "a"), job("a2", "a"), job("a3", "a", gpus=4), job("b1", "b"))
+    caps = (CloudCap("a", 16, used=4),)  # 4 GPUs of a already run in the cloud: room for 12
+    d = decided(PlacementProblem(jobs, (onprem(0), pool()), Policy(cloud_caps=caps)), solver)
+    assert d["b1"][0] is Action.BURST
+    burst = [j for j in ("a1", "a2", "a3") if d[j][0] is Action.BURST]
+    assert sum(8 if j != "a3" else 4 for j in burst) <= 12 and burst, d
+    waiting = [r for j, (a, r) in d.items() if a is Action.WAIT]
+    assert waiting and all(r.startswith("waiting on-prem: team cloud GPU cap reached (team a holds ") for r in waiting)
+
+
 def test_check_plan_names_a_plan_that_overspends_or_over_borrows():
     jobs = (job("a1", "a", budgets=("team:a",)), job("a2", "a", budgets=("team:a",)))
     free = PlacementProblem(jobs, (onprem(1), pool()), Policy())
@@ -87,9 +99,11 @@ def test_check_plan_names_a_plan_that_overspends_or_over_borrows():
     problems = check_plan(limited, plan)
     assert any("of which" in p or "over its quota of 0" in p for p in problems), problems
     assert any("against budget team:a, which has $10.00 left" in p for p in problems), problems
+    capped = replace(free, policy=Policy(cloud_caps=(CloudCap("a", 4),)))
+    assert check_plan(capped, plan) == ["team a holds 8 cloud GPUs, over its cap of 4"]
 
 
-def test_every_plan_keeps_to_random_quotas_and_budgets():
+def test_every_plan_keeps_to_random_quotas_budgets_and_cloud_caps():
     rng = random.Random(7)
     for _ in range(60):
         teams = ["a", "b", "c"]
@@ -101,7 +115,8 @@ def test_every_plan_keeps_to_random_quotas_and_budgets():
                          value=rng.uniform(1, 80), budgets=(f"team:{t}",) if rng.random() < 0.8 else ())
                      for k, t in enumerate(rng.choice(teams) for _ in range(rng.randint(1, 12))))
         jobs = tuple(replace(j, budgets=(f"team:{j.team}",) if j.budgets else ()) for j in jobs)
+        caps = tuple(CloudCap(t, rng.choice([0, 8, 16]), used=rng.choice([0, 4])) for t in teams if rng.random() < 0.5)
         problem = PlacementProblem(jobs, (onprem(rng.randint(0, 4)), pool(rng.randint(0, 6))),
-                                   Policy(quotas=quotas, budgets=budgets))
+                                   Policy(quotas=quotas, budgets=budgets, cloud_caps=caps))
         for solver in (solve, solve_greedy):
             assert check_plan(problem, solver(problem)) == []

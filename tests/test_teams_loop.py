@@ -159,3 +159,23 @@ def test_fair_share_converges_to_the_weights_over_a_replay(world, clock):
         used[team] = used.get(team, 0.0) + gpu_hours
     share = used["ml"] / (used["ml"] + used["platform"])
     assert abs(share - 0.75) <= 0.05, used
+
+
+def test_a_team_cloud_gpu_cap_holds_its_bursts_while_other_teams_burst(world, clock):
+    config, store, providers, loop = world(teams=[{"name": "ml", "max_cloud_gpus": 8}])
+    store.submit([spec("fill-1", "prod", hours=50), spec("fill-2", "prod", hours=50)], now=clock.now(), teams=teams(config))
+    loop.run_cycle()
+    ml = store.submit([spec(f"ml-{i}", hours=0.5) for i in range(3)], now=clock.now(), teams=teams(config))
+    others = store.submit([spec(f"p-{i}", "prod", hours=1) for i in range(2)], now=clock.now(), teams=teams(config))
+    most, reasons = 0, set()
+    for _ in range(150):
+        cycles(loop, clock, 1)
+        now = [store.job(j.id) for j in ml]
+        most = max(most, sum(j.spec.total_gpus for j in now
+                             if j.cluster == "aws" and j.state in (JobState.DISPATCHED, JobState.RUNNING)))
+        reasons |= {(j.pending, j.reason) for j in now if j.state == JobState.PENDING}
+    assert most == 8  # one 8-GPU job of the team in the cloud at a time, never two
+    assert all(store.job(j.id).state == JobState.SUCCEEDED for j in ml)
+    assert all(store.job(j.id).cluster == "aws" for j in others)  # the team with no cap bursts both at once
+    assert ("policy", "waiting on-prem: team cloud GPU cap reached (team ml holds 8 of its 8 cloud GPUs, the job "
+            "needs 8); expected start on onprem in 49.0 h") in reasons, reasons
