@@ -133,7 +133,8 @@ class ControlLoop:
         active = ctx.state.active()
         teams = None
         if self.teams.enabled:
-            teams = self.teams.view(self.store, now, active, states, ctx.state.marks, pending)
+            teams = self.teams.view(self.store, now, active, states, ctx.state.marks, pending,
+                                    unwritten=ctx.journal.batch.ledger)
             for kind, message in self.teams.announcements(teams.statuses):
                 log.warning("%s", message)
                 ctx.event(kind, message, now=now)

@@ -36,15 +36,17 @@ class TeamState:
         return bool(self.lines or self.quota_teams or self.config.teams)
 
     def view(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
-             marks: dict[str, dict[str, float]], pending: Iterable[Job] = ()) -> TeamView:
-        """Everything one decision needs of the teams, as of `now`."""
+             marks: dict[str, dict[str, float]], pending: Iterable[Job] = (),
+             unwritten: Iterable[LedgerEntry] = ()) -> TeamView:
+        """Everything one decision needs of the teams, as of `now`. `unwritten`: ledger entries the cycle has made
+        but not written yet (the marks have moved past them already)."""
         by_type, by_team = onprem_held(self.config, active)
         if self.config.teams:
             if self.usage_at is None:
                 self.load_usage(store, now)
             else:
                 self.advance_usage(now, by_team)
-        statuses = self.budget_status(store, now, active, states, marks)
+        statuses = self.budget_status(store, now, active, states, marks, unwritten)
         caps = self.cloud_caps(active) if self.capped_teams else ()
         return TeamView(self, statuses, self.quotas(by_type, pending) if self.quota_teams else (), caps)
 
@@ -62,16 +64,20 @@ class TeamState:
         self.book.add(entries)
 
     def budget_status(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
-                      marks: dict[str, dict[str, float]]) -> list[BudgetStatus]:
-        """Every line in its open period, with what the jobs running or on their way would still cost."""
+                      marks: dict[str, dict[str, float]], unwritten: Iterable[LedgerEntry] = ()) -> list[BudgetStatus]:
+        """Every line in its open period, with what the jobs running or on their way would still cost and what the
+        cycle charged but has not written (counted in neither the ledger nor, past the marks, the running jobs)."""
         if not self.lines:
             return []
         self.book.open(store, now)
         committed = self._committed(now, active, states, marks)
+        unwritten = [e for e in unwritten if e.usd]
         out = []
         for s in self.book.status.values():
             s.committed = sum(usd for (team, queue, cloud), usd in committed.items()
                               if s.line.counts(team, queue, cloud))
+            s.committed += sum(e.usd for e in unwritten
+                               if s.start <= e.bucket < s.end and s.line.counts(e.team, e.queue, e.cloud))
             out.append(s)
         return out
 
