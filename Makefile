@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle bench-api clean
+.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle bench-api bench-budgets clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-full: $(STAMP)
 # How long `spillover simulate` takes on the whole of gavel-synth-dev.csv (20,000 jobs), No-Wait and spillover-job
 bench-replay: $(STAMP)
 	$(BIN)/python -m spillover.simulations.bench_replay
+
+# Monthly team budgets against static per-team cloud GPU caps on philly-vc; results in simulations/results/budgets/
+bench-budgets: $(STAMP)
+	$(BIN)/python -m spillover.simulations.bench_budgets $(if $(LIMIT),--limit $(LIMIT),)
 
 # Cycle time against the number of finished jobs in the store
 bench-cycle: $(STAMP)
