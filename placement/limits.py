@@ -1,5 +1,5 @@
-"""Team quotas, dollar budgets and team cloud GPU caps as the ledger sees them: what a plan has taken of each, and whether one more job
-fits inside them."""
+"""Team quotas, dollar budgets and team cloud GPU caps as the ledger sees them: what a plan has taken of each, and
+whether one more job fits inside them."""
 
 from __future__ import annotations
 
