@@ -134,7 +134,7 @@ class ControlLoop:
         teams = None
         if self.teams.enabled:
             teams = self.teams.view(self.store, now, active, states, ctx.state.marks, pending,
-                                    unwritten=ctx.journal.batch.ledger)
+                                    unwritten=ctx.journal.batch.ledger, lookup=ctx.state.lookup)
             for kind, message in self.teams.announcements(teams.statuses):
                 log.warning("%s", message)
                 ctx.event(kind, message, now=now)

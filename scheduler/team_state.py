@@ -37,16 +37,17 @@ class TeamState:
 
     def view(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
              marks: dict[str, dict[str, float]], pending: Iterable[Job] = (),
-             unwritten: Iterable[LedgerEntry] = ()) -> TeamView:
+             unwritten: Iterable[LedgerEntry] = (), lookup=None) -> TeamView:
         """Everything one decision needs of the teams, as of `now`. `unwritten`: ledger entries the cycle has made
-        but not written yet (the marks have moved past them already)."""
+        but not written yet (the marks have moved past them already); `lookup`: job id -> the Job, for finished jobs
+        the clusters still show."""
         by_type, by_team = onprem_held(self.config, active)
         if self.config.teams:
             if self.usage_at is None:
                 self.load_usage(store, now)
             else:
                 self.advance_usage(now, by_team)
-        statuses = self.budget_status(store, now, active, states, marks, unwritten)
+        statuses = self.budget_status(store, now, active, states, marks, unwritten, lookup)
         caps = self.cloud_caps(active) if self.capped_teams else ()
         return TeamView(self, statuses, self.quotas(by_type, pending) if self.quota_teams else (), caps)
 
@@ -64,13 +65,14 @@ class TeamState:
         self.book.add(entries)
 
     def budget_status(self, store, now: float, active: list[Job], states: dict[str, ClusterState],
-                      marks: dict[str, dict[str, float]], unwritten: Iterable[LedgerEntry] = ()) -> list[BudgetStatus]:
+                      marks: dict[str, dict[str, float]], unwritten: Iterable[LedgerEntry] = (),
+                      lookup=None) -> list[BudgetStatus]:
         """Every line in its open period, with what the jobs running or on their way would still cost and what the
         cycle charged but has not written (counted in neither the ledger nor, past the marks, the running jobs)."""
         if not self.lines:
             return []
         self.book.open(store, now)
-        committed = self._committed(now, active, states, marks)
+        committed = self._committed(now, active, states, marks, lookup)
         unwritten = [e for e in unwritten if e.usd]
         out = []
         for s in self.book.status.values():
@@ -82,41 +84,59 @@ class TeamState:
         return out
 
     def _committed(self, now: float, active: list[Job], states: dict[str, ClusterState],
-                   marks: dict[str, dict[str, float]]) -> dict[tuple[str, str, str], float]:
-        """(team, queue, cloud) -> dollars the active jobs add to the ledger from its marks to their expected end."""
+                   marks: dict[str, dict[str, float]], lookup=None) -> dict[tuple[str, str, str], float]:
+        """(team, queue, cloud) -> dollars the ledger will get from the nodes' marks on: the active jobs to their
+        expected end, and the jobs that finished but are still shown (their time past the marks is written only when
+        they leave the view or at the hour) to their end."""
         out: dict[tuple[str, str, str], float] = {}
+
+        def add(j: Job, hours: float) -> None:
+            rate = self._rate(j)
+            if rate is not None and hours > 0:
+                key = (j.team, j.queue, rate[0])
+                out[key] = out.get(key, 0.0) + rate[1] * hours
+
         cfg = self.config
+        active_ids = set()
         for j in active:
+            active_ids.add(j.id)
             if j.cluster is None:
                 continue
-            cluster = cfg.cluster(j.cluster)
-            if cluster is None:
-                continue
-            spec = j.spec
             speed = cfg.speed(j.gpu_type) if j.gpu_type else 1.0
             run_s = j.remaining_s / speed
-            if isinstance(cluster, CloudCluster):
-                pool = next((p for p in cluster.pools if p.name == j.pool), None)
-                if pool is None:
-                    continue
-                cloud = getattr(cluster.cloud, "value", cluster.cloud)
-                per_node_h = pool.price_per_hour * min(1.0, spec.gpus / pool.gpus_per_node)
-            else:
-                if not cluster.gpu_hour_cost:
-                    continue
-                cloud, per_node_h = ONPREM, cluster.gpu_hour_cost * spec.gpus
             state = states.get(j.cluster)
             status = state.jobs.get(j.id) if state is not None else None
             if status is not None and status.phase == JobPhase.RUNNING and status.started_at is not None:
-                end = status.started_at + run_s
-                node_marks = marks.get(j.cluster, {})
-                hours = sum(max(0.0, end - max(status.started_at, node_marks.get(n, status.started_at)))
-                            for n in status.nodes) / HOUR
+                add(j, _past_marks(status, status.started_at + run_s, marks.get(j.cluster, {}), status.started_at))
             else:
-                hours = spec.nodes * run_s / HOUR
-            key = (j.team, j.queue, cloud)
-            out[key] = out.get(key, 0.0) + per_node_h * hours
+                add(j, j.spec.nodes * run_s / HOUR)
+        if lookup is not None:
+            for name, state in states.items():
+                for job_id, status in state.jobs.items():
+                    if job_id in active_ids or status.started_at is None or status.phase == JobPhase.RUNNING:
+                        continue
+                    j = lookup(job_id)
+                    if j is None or j.cluster != name:
+                        continue
+                    # a node without a mark has gone, its time written up to its last
+                    end = status.finished_at if status.finished_at is not None else state.observed_at
+                    add(j, _past_marks(status, end, marks.get(name, {})))
         return out
+
+    def _rate(self, j: Job) -> tuple[str, float] | None:
+        """(cloud, dollars per hour of one of its nodes) a job bills at where it is bound, if it bills at all."""
+        cluster = self.config.cluster(j.cluster) if j.cluster else None
+        if cluster is None:
+            return None
+        if isinstance(cluster, CloudCluster):
+            pool = next((p for p in cluster.pools if p.name == j.pool), None)
+            if pool is None:
+                return None
+            return (getattr(cluster.cloud, "value", cluster.cloud),
+                    pool.price_per_hour * min(1.0, j.spec.gpus / pool.gpus_per_node))
+        if not cluster.gpu_hour_cost:
+            return None
+        return ONPREM, cluster.gpu_hour_cost * j.spec.gpus
 
     def announcements(self, statuses: list[BudgetStatus]) -> list[tuple[str, str]]:
         """(kind, message) for lines that crossed their warning threshold or ran out in this period, once each."""
@@ -209,6 +229,18 @@ class TeamState:
 
     def weight(self, team: str) -> float:
         return self.weights.get(team, 1.0)
+
+
+def _past_marks(status, end: float, node_marks: dict[str, float], unmarked_from: float | None = None) -> float:
+    """Node-hours of a job's nodes from their marks (or its start, if later) to `end`. A node with no mark bills from
+    `unmarked_from` (its start, by default), or not at all when that is None."""
+    start = status.started_at
+    hours = 0.0
+    for n in status.nodes:
+        mark = node_marks.get(n, unmarked_from)
+        if mark is not None:
+            hours += max(0.0, end - max(start, mark))
+    return hours / HOUR
 
 
 def _period_name(s: BudgetStatus) -> str:

@@ -179,3 +179,30 @@ def test_a_team_cloud_gpu_cap_holds_its_bursts_while_other_teams_burst(world, cl
     assert all(store.job(j.id).cluster == "aws" for j in others)  # the team with no cap bursts both at once
     assert ("policy", "waiting on-prem: team cloud GPU cap reached (team ml holds 8 of its 8 cloud GPUs, the job "
             "needs 8); expected start on onprem in 49.0 h") in reasons, reasons
+
+
+def test_a_finished_cloud_job_counts_against_its_budget_until_its_time_is_in_the_ledger(world, clock):
+    """Between a cloud job's end and the write of its nodes' time (when it leaves the cluster's view, or at the
+    hour), what it cost since the last write is still counted: spend plus commitments equal what the ledger ends
+    with, so a budget's room never grows by what the job is about to be charged."""
+    config, store, providers, loop = world(teams=[{"name": "ml", "budget": {"usd": 10_000, "period": "month"}}])
+    store.submit([spec("fill-1", "prod", hours=50), spec("fill-2", "prod", hours=50)], now=clock.now(), teams=teams(config))
+    loop.run_cycle()
+    [job] = store.submit([spec("ml-0", hours=0.75)], now=clock.now(), teams=teams(config))
+    seen = []
+    for _ in range(120):
+        cycles(loop, clock, 1)
+        ctx = loop.ctx
+        status = loop.last_states["aws"].jobs.get(job.id)
+        if status is not None and status.finished_at is not None:
+            [line] = loop.teams.budget_status(store, clock.now(), ctx.state.active(), loop.last_states,
+                                              ctx.state.marks, ctx.journal.batch.ledger, ctx.state.lookup)
+            seen.append(line.spent + line.committed)
+        elif seen:
+            break
+    assert store.job(job.id).state == JobState.SUCCEEDED and store.job(job.id).cluster == "aws"
+    loop.flush()
+    charged = cloud_spend(store, "ml")
+    assert charged > 0 and seen
+    for counted in seen:
+        assert abs(counted - charged) <= 0.01 * charged, (seen, charged)
