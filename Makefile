@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PGPORT ?= 5432
 
-.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle bench-api bench-budgets clean
+.PHONY: install demo test test-fast services bench bench-observe bench-policies bench-full bench-replay bench-cycle bench-api bench-budgets bench-estimates clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-replay: $(STAMP)
 # Monthly team budgets against static per-team cloud GPU caps on philly-vc; results in simulations/results/budgets/
 bench-budgets: $(STAMP)
 	$(BIN)/python -m spillover.simulations.bench_budgets $(if $(LIMIT),--limit $(LIMIT),)
+
+# Estimated start against the real start, and against the naive "now" (LIMIT=0: the whole workload)
+bench-estimates: $(STAMP)
+	$(BIN)/python -m spillover.simulations.bench_estimates $(if $(LIMIT),--limit $(LIMIT),)
 
 # Cycle time against the number of finished jobs in the store
 bench-cycle: $(STAMP)
