@@ -135,7 +135,7 @@ class ControlLoop:
         if self.teams.enabled:
             teams = self.teams.view(self.store, now, active, states, ctx.state.marks, pending,
                                     unwritten=ctx.journal.batch.ledger, lookup=ctx.state.lookup)
-            for kind, message in self.teams.announcements(teams.statuses):
+            for kind, message in self.teams.announcements(teams.statuses, self.store):
                 log.warning("%s", message)
                 ctx.event(kind, message, now=now)
         report.preempted = self.preemption.step(states, pending, teams)

@@ -20,7 +20,7 @@ CLAIM_S = 600.0
 class Preemption:
     def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
-        self.recent: deque[float] = deque()  # when the last preemptions were made
+        self.recent: deque[float] | None = None  # when the last hour's preemptions were made (read at first use)
         self.claims: dict[str, float] = {}  # preemptor job id -> when room was made for it
 
     def step(self, states: dict[str, ClusterState], pending: list[Job], view: TeamView | None) -> int:
@@ -30,6 +30,8 @@ class Preemption:
         if not cfg.enabled or not pending or cfg.max_per_hour == 0:
             return 0
         now = ctx.clock.now()
+        if self.recent is None:  # those an earlier process made count against the rate too
+            self.recent = deque(e.at for e in ctx.store.events_of(("preempted",), now - HOUR))
         while self.recent and self.recent[0] <= now - HOUR:
             self.recent.popleft()
         for jid in [j for j, at in self.claims.items() if at <= now - CLAIM_S]:

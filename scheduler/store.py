@@ -254,6 +254,13 @@ class Store:
             return [Event(r.at, r.job_id, r.cluster, r.kind, r.from_state, r.to_state, r.message)
                     for r in s.scalars(q)]
 
+    def events_of(self, kinds: Iterable[str], since: float) -> list[Event]:
+        """Events of these kinds at or after `since`, oldest first."""
+        q = select(EventRow).where(EventRow.kind.in_(list(kinds)), EventRow.at >= since).order_by(EventRow.id)
+        with self._read() as s:
+            return [Event(r.at, r.job_id, r.cluster, r.kind, r.from_state, r.to_state, r.message)
+                    for r in s.scalars(q)]
+
     def record_event(self, kind: str, message: str, *, now: float, job_id: str | None = None,
                      cluster: str | None = None) -> None:
         with self.tx() as s:

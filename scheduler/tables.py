@@ -57,6 +57,8 @@ class EventRow(Base):
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     to_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     message: Mapped[str] = mapped_column(Text, default="")
+    # a restarted loop reads its recent preemptions and budget announcements back by kind and time
+    __table_args__ = (Index("ix_events_kind_at", "kind", "at"),)
 
 
 class ActionRow(Base):

@@ -15,6 +15,7 @@ from spillover.scheduler.config import CloudCluster, SpilloverConfig
 from spillover.scheduler.records import Job, LedgerEntry
 
 HOUR = 3600.0
+BUDGET_EVENTS = ("budget-warning", "budget-exhausted")
 
 
 class TeamState:
@@ -29,6 +30,7 @@ class TeamState:
         self.usage: dict[str, float] = {}  # team -> on-prem GPU-hours, decayed to `usage_at`
         self.usage_at: float | None = None
         self._said: set[tuple[str, float, str]] = set()  # (line, period start, state) already announced
+        self._read_said: set[float] = set()  # period starts whose announcements were read from the store
         self._lines_of: dict[tuple[str, str], tuple[str, ...]] = {}
 
     @property
@@ -138,11 +140,14 @@ class TeamState:
             return None
         return ONPREM, cluster.gpu_hour_cost * j.spec.gpus
 
-    def announcements(self, statuses: list[BudgetStatus]) -> list[tuple[str, str]]:
-        """(kind, message) for lines that crossed their warning threshold or ran out in this period, once each."""
+    def announcements(self, statuses: list[BudgetStatus], store=None) -> list[tuple[str, str]]:
+        """(kind, message) for lines that crossed their warning threshold or ran out in this period, once each: also
+        across restarts, as the events in `store` show."""
         out = []
         for s in statuses:
             state = s.state
+            if state != "ok" and store is not None and s.start not in self._read_said:
+                self._recall(store, s.start)
             if state == "ok" or (s.line.id, s.start, state) in self._said:
                 continue
             self._said.add((s.line.id, s.start, state))
@@ -158,6 +163,14 @@ class TeamState:
                        f"of ${s.line.usd:,.2f} (warning at {s.line.budget.warn_at:.0%})")
             out.append(("budget-" + state, msg))
         return out
+
+    def _recall(self, store, start: float) -> None:
+        """What was announced since `start` (by an earlier process, perhaps): the line is the message's second word."""
+        self._read_said.add(start)
+        for e in store.events_of(BUDGET_EVENTS, start):
+            words = e.message.split(" ")
+            if len(words) > 1:
+                self._said.add((words[1], start, e.kind.removeprefix("budget-")))
 
     # ---- quotas and fair share -------------------------------------------------------------------
 

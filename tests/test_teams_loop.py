@@ -206,3 +206,44 @@ def test_a_finished_cloud_job_counts_against_its_budget_until_its_time_is_in_the
     assert charged > 0 and seen
     for counted in seen:
         assert abs(counted - charged) <= 0.01 * charged, (seen, charged)
+
+
+def restarted(config, store, providers, clock):
+    """A new loop process on the same store and clusters."""
+    from spillover.scheduler.loop import ControlLoop
+
+    return ControlLoop(config, store, providers, clock)
+
+
+def test_a_restart_neither_repeats_budget_announcements_nor_resets_the_preemption_rate(world, clock):
+    teams_ = [{"name": "ml", "cohort": "lab", "quota": {"A100": {"nominal": 16}},
+               "budget": {"usd": 50, "period": "month"}},
+              {"name": "platform", "cohort": "lab", "quota": {"A100": {"nominal": 0}}}]
+    config, store, providers, loop = world(teams=teams_, preemption={"min_runtime_s": 600, "max_per_hour": 1})
+    borrowers = store.submit([spec(f"b-{i}", "prod", hours=6, checkpointable=True) for i in range(2)],
+                             now=clock.now(), teams=teams(config))
+    cycles(loop, clock, 62)  # platform borrows all 16 GPUs and checkpoints
+    assert {store.job(j.id).state for j in borrowers} == {JobState.RUNNING}
+    mine = store.submit([spec(f"ml-{i}", hours=1, gpus=8) for i in range(2)] +
+                        [spec(f"ml-burst-{i}", hours=1) for i in range(6)], now=clock.now(), teams=teams(config))
+    cycles(loop, clock, 3)
+
+    def preempted() -> int:
+        return sum(e.kind == "preempted" for j in borrowers for e in store.events(j.id))
+
+    def announced() -> list[str]:
+        return [e.kind for e in store.events() if e.kind.startswith("budget-")]
+
+    assert preempted() == 1  # the second waits for the rate: one an hour
+    loop = restarted(config, store, providers, clock)
+    cycles(loop, clock, 20)
+    assert preempted() == 1
+    cycles(loop, clock, 60)
+    assert preempted() == 2
+    said = announced()
+    assert said and set(said) <= {"budget-warning", "budget-exhausted"}, said
+    assert any(store.job(j.id).state == JobState.PENDING for j in mine)  # still waiting: the loop still decides
+    loop = restarted(config, store, providers, clock)
+    cycles(loop, clock, 30)
+    assert announced() == said
+    assert all(store.job(j.id).state != JobState.FAILED for j in mine)
