@@ -58,11 +58,14 @@ class RunMetrics:
     # the same replay booked with every cloud job started at its submission (Starburst's `predict_wait`): set by
     # `measure(..., hindsight_policy=...)`, written as a row of its own
     hindsight: RunMetrics | None = field(default=None, repr=False, compare=False)
+    # per team and per budget line (simulations/team_report.py), when the config has teams or budgets
+    teams: list[dict] = field(default_factory=list, repr=False, compare=False)
+    budgets: list[dict] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: dict[str, object]) -> RunMetrics:
         """Back from `row()` (results.json), per-cloud figures included."""
-        known = {f for f in cls.__dataclass_fields__} - {"hindsight"}
+        known = {f for f in cls.__dataclass_fields__} - {"hindsight", "teams", "budgets"}
         m = cls(**{k: v for k, v in row.items() if k in known})
         for k, v in row.items():
             for name in ("cloud_usd", "cloud_gpu_hours"):
@@ -71,8 +74,8 @@ class RunMetrics:
         return m
 
     def row(self) -> dict[str, object]:
-        out = asdict(replace(self, hindsight=None))
-        del out["hindsight"]
+        out = asdict(replace(self, hindsight=None, teams=[], budgets=[]))
+        del out["hindsight"], out["teams"], out["budgets"]
         for k in ("cloud_usd_by_cloud", "cloud_gpu_hours_by_cloud"):
             for cloud, v in out.pop(k).items():
                 out[f"{k.removesuffix('_by_cloud')}_{cloud}"] = v

@@ -20,6 +20,7 @@ from spillover.scheduler.wiring import build_providers
 from spillover.simulations.baselines import HINDSIGHT, LABELS, POLICIES, baseline_solver, rule
 from spillover.simulations.metrics import RunMetrics, measure
 from spillover.simulations.runner import run_simulation
+from spillover.simulations.team_report import budget_rows, team_rows
 from spillover.simulations.workloads import Replay
 
 # Each policy's knob, and the values a sweep takes when none is given.
@@ -151,6 +152,9 @@ def run_one(config: SpilloverConfig, replay: Replay, spec: RunSpec, *, estimates
                             max_sim_s=_horizon_s(replay))
     metrics = measure(store, cfg, policy=spec.policy, setting=spec.setting, queue=spec.queue,
                       true_runtime_s=replay.true_runtime_s, hindsight_policy=HINDSIGHT.get(spec.policy))
+    if cfg.teams or any(q.budget is not None for q in cfg.queues):
+        metrics.teams = team_rows(store, cfg, result.started_at, result.ended_at)
+        metrics.budgets = budget_rows(store, cfg, result.started_at, result.ended_at)
     for m in (metrics, metrics.hindsight):
         if m is not None:
             m.wall_s = time.perf_counter() - t0
@@ -198,7 +202,17 @@ def write_results(out: Path, results: Sequence[RunMetrics], *, title: str,
         w.writeheader()
         w.writerows(rows)
     pareto_plot(results, out / "pareto.png", title=title, marks=marks, marks_label=marks_label)
-    return [out / "results.json", out / "results.csv", out / "pareto.png"]
+    files = [out / "results.json", out / "results.csv", out / "pareto.png"]
+    for name in ("teams", "budgets"):
+        rows = [{"policy": r.policy, "setting": r.setting, "queue": r.queue, **x} for r in results
+                for x in getattr(r, name)]
+        if rows:
+            with (out / f"{name}.csv").open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            files.append(out / f"{name}.csv")
+    return files
 
 
 def pareto_plot(results: Sequence[RunMetrics], path: Path, *, title: str,

@@ -100,3 +100,39 @@ def test_a_workload_that_does_not_exist_is_one_line(tmp_path):
     r = spillover("simulate", "-w", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "nope.csv" in r.stderr.strip().splitlines()[-1]
+
+
+def _teams_config(tmp_path: Path, budget: dict | None) -> Path:
+    import yaml
+
+    data = yaml.safe_load(Path(REFERENCE_CONFIG).read_text())
+    data["prices"]["catalog"] = str(Path(REFERENCE_CONFIG).parent / data["prices"]["catalog"])
+    data["queues"] = [{"name": "research", "team": "ml"}, {"name": "interns", "team": "ml"},
+                      {"name": "prod", "team": "platform"}]
+    data["teams"] = [{"name": "ml", **({"budget": budget} if budget else {})}, {"name": "platform"}]
+    path = tmp_path / ("budget.yaml" if budget else "free.yaml")
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_simulate_replays_a_proposed_team_budget_and_reports_it_per_team_and_period(tmp_path):
+    import csv
+
+    budget = {"usd": 300, "period": "week", "count_onprem": False}
+    runs = {}
+    for name, cfg in (("free", _teams_config(tmp_path, None)), ("budget", _teams_config(tmp_path, budget))):
+        r = spillover("simulate", "-w", str(gavel()), "-c", str(cfg), "--limit", "300", "-p", "spillover",
+                      "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        assert "teams under spillover" in r.stdout
+        runs[name] = {row["team"]: row for row in csv.DictReader((tmp_path / name / "teams.csv").open())}
+    free, held = runs["free"], runs["budget"]
+    assert set(free) == set(held) == {"ml", "platform"}
+    assert float(free["ml"]["cloud_usd"]) > 2 * 300  # unconstrained, ml spends well over the budget's pace
+    assert float(held["ml"]["cloud_usd"]) < float(free["ml"]["cloud_usd"])
+    assert float(held["ml"]["wait_avg_h"]) > float(free["ml"]["wait_avg_h"])  # and its jobs wait for it
+    (line,) = list(csv.DictReader((tmp_path / "budget" / "budgets.csv").open()))
+    assert line["budget"] == "team:ml" and int(line["periods"]) >= 2
+    assert line["held"] == "True" and float(line["worst_usd"]) <= 300
+    assert not (tmp_path / "free" / "budgets.csv").exists() or not list(
+        csv.DictReader((tmp_path / "free" / "budgets.csv").open()))
