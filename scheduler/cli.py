@@ -580,6 +580,7 @@ def simulate(
     """Replay a workload through the real loop under Spillover and the baseline burst rules; write results and a
     Pareto plot of cloud cost against average job completion time."""
     from spillover.simulations.simulate import parse_sweeps, plan_runs, run_one, write_results
+    from spillover.simulations.team_report import team_table
     from spillover.simulations.workloads import load_workload, to_arrivals
 
     with user_errors():
@@ -615,33 +616,12 @@ def simulate(
                           f"on-prem {m.onprem_utilization:4.0%}  ({m.wall_s:.0f} s)", markup=False, highlight=False)
         for m in results:
             if m.teams:
-                out.print(_team_table(m))
+                out.print(team_table(m))
         title = (f"{workload.name}: {len(replay.arrivals):,} jobs, {onprem} on-prem GPUs"
                  + (f", estimates +-{estimate_error:.0%}" if estimate_error else ""))
         files = write_results(out_dir, results, title=title)
         out.print(f"lower bound on cloud GPU-hours: {results[0].lower_bound_cloud_gpu_hours:,.0f}; wrote "
                   + ", ".join(str(f) for f in files))
-
-
-def _team_table(m) -> Table:
-    """Per team under one replayed policy: jobs, JCT, cloud spend, on-prem use, preemptions and the worst period of
-    each of its budgets."""
-    label = f"{m.policy}" + (f" {m.setting}" if m.setting else "")
-    t = Table(title=f"teams under {label}", title_justify="left")
-    for col in ("team", "jobs", "JCT avg h", "wait avg h", "cloud $", "on-prem GPU-h", "preempted", "budget",
-                "worst period"):
-        t.add_column(col, justify="left" if col in ("team", "budget", "worst period") else "right")
-    by_team: dict[str, list[dict]] = {}
-    for b in m.budgets:
-        by_team.setdefault(b["budget"].split(":")[1] if b["budget"].startswith("team:") else "", []).append(b)
-    for r in m.teams:
-        budgets = by_team.get(r["team"], [])
-        t.add_row(r["team"], f"{r['jobs']:,}", f"{r['jct_avg_h']:.2f}", f"{r['wait_avg_h']:.2f}",
-                  f"{r['cloud_usd']:,.0f}", f"{r['onprem_gpu_h']:,.0f}", str(r["preempted"]),
-                  "\n".join(f"{b['budget']} ${b['usd']:,.0f}/{b['period']}" for b in budgets),
-                  "\n".join(f"{b['worst_period']} {b['worst_share']:.0%}" + ("" if b["held"] else " OVER")
-                            if b["worst_share"] is not None else b["worst_period"] for b in budgets))
-    return t
 
 
 # ---- demo --------------------------------------------------------------------------------------------

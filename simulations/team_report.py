@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from datetime import datetime, timezone
 
+from rich.table import Table
+
 from spillover.scheduler.budgets import ONPREM, BudgetLine, budget_lines
 from spillover.scheduler.config import SpilloverConfig
 from spillover.scheduler.model import JobState
@@ -93,3 +95,24 @@ def _name(line: BudgetLine, lo: float, hi: float) -> str:
     if line.budget.period == "day":
         return start.strftime("%Y-%m-%d")
     return f"{start:%Y-%m-%d}..{datetime.fromtimestamp(hi, timezone.utc):%Y-%m-%d}"
+
+
+def team_table(m) -> Table:
+    """Per team under one replayed policy: jobs, JCT, cloud spend, on-prem use, preemptions and the worst period of
+    each of its budgets."""
+    label = f"{m.policy}" + (f" {m.setting}" if m.setting else "")
+    t = Table(title=f"teams under {label}", title_justify="left")
+    for col in ("team", "jobs", "JCT avg h", "wait avg h", "cloud $", "on-prem GPU-h", "preempted", "budget",
+                "worst period"):
+        t.add_column(col, justify="left" if col in ("team", "budget", "worst period") else "right")
+    by_team: dict[str, list[dict]] = {}
+    for b in m.budgets:
+        by_team.setdefault(b["budget"].split(":")[1] if b["budget"].startswith("team:") else "", []).append(b)
+    for r in m.teams:
+        budgets = by_team.get(r["team"], [])
+        t.add_row(r["team"], f"{r['jobs']:,}", f"{r['jct_avg_h']:.2f}", f"{r['wait_avg_h']:.2f}",
+                  f"{r['cloud_usd']:,.0f}", f"{r['onprem_gpu_h']:,.0f}", str(r["preempted"]),
+                  "\n".join(f"{b['budget']} ${b['usd']:,.0f}/{b['period']}" for b in budgets),
+                  "\n".join(f"{b['worst_period']} {b['worst_share']:.0%}" + ("" if b["held"] else " OVER")
+                            if b["worst_share"] is not None else b["worst_period"] for b in budgets))
+    return t
