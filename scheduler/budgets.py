@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Protocol
 
 from spillover.scheduler.records import LedgerEntry
@@ -49,6 +50,16 @@ def budget_lines(config) -> list[BudgetLine]:
 def lines_of(lines: Iterable[BudgetLine], team: str, queue: str) -> tuple[str, ...]:
     """Ids of the lines a job of this team and queue spends against."""
     return tuple(b.id for b in lines if b.name == (team if b.owner == "team" else queue))
+
+
+def period_name(period: str, start: float, end: float) -> str:
+    """A budget period as people write it: 2026-01, 2026-01-05, or 2026-01-05 to 2026-01-12."""
+    first = datetime.fromtimestamp(start, timezone.utc)
+    if period == "month":
+        return first.strftime("%Y-%m")
+    if period == "day":
+        return first.strftime("%Y-%m-%d")
+    return f"{first:%Y-%m-%d} to {datetime.fromtimestamp(end, timezone.utc):%Y-%m-%d}"
 
 
 class LedgerGroups(Protocol):

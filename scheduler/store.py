@@ -250,13 +250,14 @@ class Store:
         q = q.order_by(EventRow.id)
         if limit is not None:
             q = q.limit(limit)
-        with self._read() as s:
-            return [Event(r.at, r.job_id, r.cluster, r.kind, r.from_state, r.to_state, r.message)
-                    for r in s.scalars(q)]
+        return self._events(q)
 
     def events_of(self, kinds: Iterable[str], since: float) -> list[Event]:
         """Events of these kinds at or after `since`, oldest first."""
-        q = select(EventRow).where(EventRow.kind.in_(list(kinds)), EventRow.at >= since).order_by(EventRow.id)
+        return self._events(select(EventRow).where(EventRow.kind.in_(list(kinds)), EventRow.at >= since)
+                            .order_by(EventRow.id))
+
+    def _events(self, q) -> list[Event]:
         with self._read() as s:
             return [Event(r.at, r.job_id, r.cluster, r.kind, r.from_state, r.to_state, r.message)
                     for r in s.scalars(q)]

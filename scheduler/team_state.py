@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
 from spillover.placement import Budget as PlacedBudget
 from spillover.placement import CloudCap, Quota
 from spillover.providers.contract import ClusterState, JobPhase
-from spillover.scheduler.budgets import ONPREM, BudgetBook, BudgetStatus, budget_lines, lines_of
+from spillover.scheduler.budgets import ONPREM, BudgetBook, BudgetStatus, budget_lines, lines_of, period_name
 from spillover.scheduler.config import CloudCluster, SpilloverConfig
 from spillover.scheduler.records import Job, LedgerEntry
 
@@ -154,7 +153,7 @@ class TeamState:
             if state == "warning":
                 self._said.add((s.line.id, s.start, "warning"))
             used = s.spent + s.committed
-            period = _period_name(s)
+            period = period_name(s.line.budget.period, s.start, s.end)
             if state == "exhausted":
                 msg = (f"budget {s.line.id} exhausted for {period}: ${used:,.2f} spent or committed of "
                        f"${s.line.usd:,.2f}; its jobs wait on-prem")
@@ -254,17 +253,6 @@ def _past_marks(status, end: float, node_marks: dict[str, float], unmarked_from:
         if mark is not None:
             hours += max(0.0, end - max(start, mark))
     return hours / HOUR
-
-
-def _period_name(s: BudgetStatus) -> str:
-    start = datetime.fromtimestamp(s.start, timezone.utc)
-    period = s.line.budget.period
-    if period == "month":
-        return start.strftime("%Y-%m")
-    if period == "day":
-        return start.strftime("%Y-%m-%d")
-    end = datetime.fromtimestamp(s.end, timezone.utc)
-    return f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
 
 
 class TeamView:

@@ -4,11 +4,11 @@ line's spend in its worst period against its limit — so a proposed quota or bu
 from __future__ import annotations
 
 import statistics
-from datetime import datetime, timezone
+from datetime import timezone
 
 from rich.table import Table
 
-from spillover.scheduler.budgets import ONPREM, BudgetLine, budget_lines
+from spillover.scheduler.budgets import ONPREM, BudgetLine, budget_lines, period_name
 from spillover.scheduler.config import SpilloverConfig
 from spillover.scheduler.model import JobState
 from spillover.scheduler.store import Store
@@ -61,7 +61,7 @@ def budget_rows(store: Store, config: SpilloverConfig, start: float, end: float)
             periods += 1
             usd = sum(u for team, queue, cloud, u in store.ledger_groups(lo, hi) if line.counts(team, queue, cloud))
             if usd >= worst_usd:
-                worst, worst_usd = _name(line, lo, hi), usd
+                worst, worst_usd = period_name(line.budget.period, lo, hi), usd
         out.append({"budget": line.id, "period": line.budget.period, "usd": line.usd, "periods": periods,
                     "worst_period": worst, "worst_usd": round(worst_usd, 2),
                     "worst_share": round(worst_usd / line.usd, 4) if line.usd else None,
@@ -86,15 +86,6 @@ def periods_of(line: BudgetLine, start: float, end: float) -> list[tuple[float, 
         out.append(p)
         t = p[1]
     return out
-
-
-def _name(line: BudgetLine, lo: float, hi: float) -> str:
-    start = datetime.fromtimestamp(lo, timezone.utc)
-    if line.budget.period == "month":
-        return start.strftime("%Y-%m")
-    if line.budget.period == "day":
-        return start.strftime("%Y-%m-%d")
-    return f"{start:%Y-%m-%d}..{datetime.fromtimestamp(hi, timezone.utc):%Y-%m-%d}"
 
 
 def team_table(m) -> Table:
